@@ -1,0 +1,181 @@
+"""Config schemas: dataclasses registered in Hydra's ConfigStore, so a typo'd key is an error, not a default.
+
+Each section sits next to the code that reads it in spirit: `data` feeds pekd.data, `method` pekd.methods,
+`trainer` pekd.engine. `validate()` checks the values no type system can (names, ranges, combinations) and raises
+one PekdError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from pekd.errors import PekdError
+
+
+@dataclass
+class ModelConfig:
+    """The student backbone."""
+
+    name: str = MISSING
+    weights: str = ""  # optional local state dict to start from
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher: an architecture, its local weights, and how its signal reaches the student."""
+
+    name: str = ""
+    weights: str = ""  # torchvision state dict or RepDistiller {'model': state_dict}; empty = none (demo trains one)
+    mode: str = "online"  # online: run frozen each step | bank: read precomputed features | none
+    bank: str = ""  # feature bank folder for mode=bank
+
+
+@dataclass
+class BankConfig:
+    """Feature bank layout (teacher.mode=bank and pekd.precompute)."""
+
+    views: int = 1  # K augmentation views per sample; view k for (epoch, index) is drawn from (seed, epoch, index)
+    dtype: str = "float16"
+    chunk: int = 1024  # samples per precompute chunk (the unit of resume)
+
+
+@dataclass
+class DataConfig:
+    """What to read and how to feed it."""
+
+    source: str = MISSING  # cifar100 | imagefolder | fashion_mnist | digits
+    root: str = ""
+    pipeline: str = "torch"  # torch | ffcv | dali
+    batch_size: int = 64  # global batch of one optimizer step, over all processes and accumulation steps
+    max_micro_batch: int = 0  # per-process memory cap: accumulation steps are added to fit it (0 = no cap)
+    eval_batch_size: int = 256
+    workers: int = 2
+    subset: int = 0  # train on the first n of a seeded permutation (0 = all)
+    val_subset: int = 0
+    augment: str = "cifar"  # cifar: pad-4 crop + flip | imagenet: RandomResizedCrop + flip | flip | none
+    image_size: int = 32  # training crop side
+    eval_resize: int = 0  # eval: resize shorter side to this, then center-crop image_size (0 = no resize)
+    train_beton: str = ""  # ffcv: .beton paths written by `python -m pekd.write_dataset`
+    val_beton: str = ""
+    os_cache: bool = True  # ffcv: read the .beton through the page cache (False: ffcv's own process cache)
+    dali_device: str = "cpu"  # dali: cpu | mixed (GPU decode)
+    on_corrupt: str = "error"  # error | skip (corrupt images are counted and skipped)
+
+
+@dataclass
+class MethodConfig:
+    """The distillation method and its loss weights."""
+
+    name: str = "pefd"  # ce | kd | fd | pefd
+    ce_weight: float = 1.0
+    beta: float = 25.0  # feature-loss weight (fd, pefd)
+    q: int = 3  # number of projectors (pefd)
+    projector: str = "linear_relu"  # linear_relu | mlp_bn
+    kd_weight: float = 0.0  # Hinton KD term weight; 1.0 for method=kd
+    temperature: float = 4.0
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation recipe and the engine's switches."""
+
+    epochs: int = 240
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    lr_gamma: float = 0.1
+    lr_scaling: str = "none"  # none | linear (lr * global_batch / 256)
+    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
+    channels_last: bool = True
+    grad_clip: float = 0.0  # max grad norm (0 = off)
+    sync_bn: bool = False
+    deterministic: bool = False
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    ckpt_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = epoch ends only)
+    keep_last: int = 2
+    log_every_steps: int = 20
+    eval_every_epochs: int = 1
+    max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs); for tests and benches
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
+    on_existing: str = "resume"  # resume (same config only) | overwrite | fail
+    paper_top1: float = 0.0  # the paper's reported student top-1 for this recipe, shown by pekd.report
+    name: str = ""
+
+
+def register() -> None:
+    """Register the schema under 'pekd_schema' (configs/config.yaml lists it first in its defaults)."""
+    cs = ConfigStore.instance()
+    cs.store(name="pekd_schema", node=Config)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "teacher.mode": ("online", "bank", "none"),
+    "data.pipeline": ("torch", "ffcv", "dali"),
+    "data.augment": ("cifar", "imagenet", "flip", "none"),
+    "data.dali_device": ("cpu", "mixed"),
+    "data.on_corrupt": ("error", "skip"),
+    "method.name": ("ce", "kd", "fd", "pefd"),
+    "method.projector": ("linear_relu", "mlp_bn"),
+    "trainer.amp": ("auto", "bf16", "fp16", "off"),
+    "trainer.lr_scaling": ("none", "linear"),
+    "bank.dtype": ("float16", "float32"),
+    "on_existing": ("resume", "overwrite", "fail"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Check values and combinations; raise one PekdError naming the key and the fix."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise PekdError(f"{key}={value!r} is not one of {list(allowed)}; fix the override or config file")
+    positive = ["data.batch_size", "data.eval_batch_size", "trainer.epochs", "bank.views", "bank.chunk"]
+    for key in positive:
+        if _get(cfg, key) <= 0:
+            raise PekdError(f"{key}={_get(cfg, key)} must be positive")
+    if cfg.trainer.lr <= 0:
+        raise PekdError(f"trainer.lr={cfg.trainer.lr} must be positive")
+    if cfg.method.q < 1:
+        raise PekdError(f"method.q={cfg.method.q} must be at least 1 projector")
+    if list(cfg.trainer.milestones) != sorted(cfg.trainer.milestones):
+        raise PekdError(f"trainer.milestones={list(cfg.trainer.milestones)} must be increasing")
+    needs_teacher = cfg.method.name != "ce" or cfg.method.kd_weight > 0
+    if needs_teacher and cfg.teacher.mode == "none":
+        raise PekdError(f"method.name={cfg.method.name} needs a teacher but teacher.mode=none; "
+                        "set teacher.mode=online (or bank) and teacher.name")
+    if needs_teacher and not cfg.teacher.name:
+        raise PekdError(f"method.name={cfg.method.name} needs a teacher; set teacher.name (and teacher.weights)")
+    if cfg.teacher.mode == "bank" and not cfg.teacher.bank:
+        raise PekdError("teacher.mode=bank needs teacher.bank=<folder written by `python -m pekd.precompute`>")
+    if cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0:
+        raise PekdError("a feature bank stores features, not logits: Hinton KD (method.kd_weight>0) needs "
+                        "teacher.mode=online")
+    if cfg.data.pipeline == "ffcv" and not cfg.data.train_beton:
+        raise PekdError("data.pipeline=ffcv needs data.train_beton (and data.val_beton); write them with "
+                        "`python -m pekd.write_dataset`")

@@ -1,0 +1,200 @@
+"""Where the samples come from: CIFAR-100 pickles, ImageFolder trees, Fashion-MNIST, sklearn digits.
+
+A Source is random access to (uint8 HWC image, label) plus an identity that feature banks and .beton files are
+checked against. Nothing is ever downloaded: a missing or malformed dataset is a PekdError that says where pekd
+looked and what it expected there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pekd.errors import PekdError
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+# Per-channel mean/std in [0, 255] units; normalisation happens on the device, after uint8 transfer.
+IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+CIFAR100_MEAN, CIFAR100_STD = (129.3, 124.1, 112.4), (68.2, 65.4, 70.4)
+FMNIST_MEAN, FMNIST_STD = (72.9,), (90.0,)
+DIGITS_MEAN, DIGITS_STD = (77.0,), (98.0,)
+
+
+@dataclass
+class Source:
+    """Random access to a labelled image set.
+
+    Either `arrays` (all images in memory, N x H x W x C uint8) or `paths` (encoded files decoded on demand).
+    """
+
+    name: str
+    split: str
+    labels: np.ndarray
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    arrays: np.ndarray | None = None
+    paths: list[str] | None = None
+    root: str = ""
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_size(self) -> int | None:
+        """Side of the (square) stored images, or None for variable-size files."""
+        return None if self.arrays is None else int(self.arrays.shape[1])
+
+    def image(self, i: int) -> np.ndarray:
+        """The i-th image as uint8 H x W x C (C = in_chans)."""
+        if self.arrays is not None:
+            return self.arrays[i]
+        assert self.paths is not None
+        return decode_file(self.paths[i], self.in_chans)
+
+    def identity(self) -> dict[str, object]:
+        """What makes two sources the same data, for manifests: name, split, size and content hashes."""
+        h = hashlib.sha256(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        files = hashlib.sha256("\n".join(self.paths or []).encode())
+        ident: dict[str, object] = {"name": self.name, "split": self.split, "n": len(self),
+                                    "labels_sha256": h.hexdigest()[:16]}
+        if self.paths is not None:
+            ident["files_sha256"] = files.hexdigest()[:16]
+        return ident
+
+    def subset(self, n: int, seed: int) -> Source:
+        """The first n samples of a seeded permutation: a fixed, class-balanced-in-expectation subset."""
+        if n <= 0 or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return Source(self.name, self.split, self.labels[keep], self.num_classes, self.in_chans, self.mean,
+                      self.std, None if self.arrays is None else self.arrays[keep],
+                      None if self.paths is None else [self.paths[i] for i in keep], self.root, self.classes)
+
+
+def decode_file(path: str, in_chans: int = 3) -> np.ndarray:
+    """Decode an image file to uint8 HWC with torchvision (grayscale and CMYK become RGB)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        img = decode_image(read_file(path), mode=ImageReadMode.RGB if in_chans == 3 else ImageReadMode.GRAY)
+    except (RuntimeError, OSError) as e:
+        raise PekdError(f"cannot decode image {path!r} ({e}); delete or replace the file") from None
+    assert isinstance(img, torch.Tensor)
+    return img.permute(1, 2, 0).numpy()
+
+
+def _load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise PekdError(f"CIFAR-100 file {str(path)!r} not found; data.root must contain the 'cifar-100-python' "
+                        "folder of the python version (train, test, meta) from https://www.cs.toronto.edu/~kriz/")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:  # any unpickling failure means the file is not what we expect
+        raise PekdError(f"CIFAR-100 file {str(path)!r} is corrupt or not a CIFAR pickle ({type(e).__name__}: "
+                        f"{e}); re-extract cifar-100-python.tar.gz") from None
+
+
+def cifar100(root: str, split: str) -> Source:
+    """CIFAR-100 from the standard python-pickle folder: root/cifar-100-python/{train,test,meta}."""
+    base = Path(root) / "cifar-100-python"
+    if not base.is_dir() and (Path(root) / "train").is_file():
+        base = Path(root)
+    d = _load_pickle(base / ("train" if split == "train" else "test"))
+    meta = _load_pickle(base / "meta")
+    try:
+        data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(d["fine_labels"], dtype=np.int64)
+        classes = list(meta["fine_label_names"])
+    except (KeyError, ValueError) as e:
+        raise PekdError(f"CIFAR-100 pickle in {str(base)!r} lacks the expected 'data'/'fine_labels' arrays "
+                        f"({e}); re-extract cifar-100-python.tar.gz") from None
+    if data.shape[0] != labels.shape[0] or labels.min() < 0 or labels.max() >= 100:
+        raise PekdError(f"CIFAR-100 pickle in {str(base)!r} has {data.shape[0]} images but {labels.shape[0]} "
+                        "labels or labels outside 0..99; re-extract cifar-100-python.tar.gz")
+    return Source("cifar100", split, labels, 100, 3, CIFAR100_MEAN, CIFAR100_STD, arrays=np.ascontiguousarray(data),
+                  root=str(base), classes=classes)
+
+
+def image_folder(root: str, split: str) -> Source:
+    """An ImageFolder tree (ImageNet's layout): root/<split>/<class>/<image>."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    base = Path(root) / split
+    if not base.is_dir():
+        raise PekdError(f"image folder {str(base)!r} does not exist; data.root must hold '{split}/<class>/<image>' "
+                        "(ImageNet's train/val layout)")
+    try:
+        classes, class_to_idx = find_classes(str(base))
+        samples = make_dataset(str(base), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise PekdError(f"image folder {str(base)!r}: {e}; every class folder needs at least one image") from None
+    paths = [p for p, _ in samples]
+    labels = np.asarray([c for _, c in samples], dtype=np.int64)
+    return Source("imagefolder", split, labels, len(classes), 3, IMAGENET_MEAN, IMAGENET_STD, paths=paths,
+                  root=str(base), classes=classes)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    if not path.is_file():
+        raise PekdError(f"Fashion-MNIST file {str(path)!r} not found; install Debian's dataset-fashion-mnist "
+                        f"(apt-get install dataset-fashion-mnist) or point data.root at the four idx .gz files")
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as e:
+        raise PekdError(f"Fashion-MNIST file {str(path)!r} is not valid gzip ({e}); reinstall the package") from None
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != 0x800 + ndim:
+        raise PekdError(f"Fashion-MNIST file {str(path)!r} has idx magic {magic:#x}, expected {0x800 + ndim:#x}")
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise PekdError(f"Fashion-MNIST file {str(path)!r} is truncated: {arr.size} bytes for shape {dims}")
+    return arr.reshape(dims)
+
+
+def fashion_mnist(root: str, split: str) -> Source:
+    """Fashion-MNIST from the idx .gz files that Debian's dataset-fashion-mnist installs."""
+    base = Path(root or FASHION_MNIST_DEBIAN)
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(base / f"{prefix}-images-idx3-ubyte.gz", 3)[..., None]
+    labels = _read_idx(base / f"{prefix}-labels-idx1-ubyte.gz", 1).astype(np.int64)
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+    return Source("fashion_mnist", split, labels, 10, 1, FMNIST_MEAN, FMNIST_STD, arrays=np.ascontiguousarray(images),
+                  root=str(base), classes=classes)
+
+
+def digits(root: str, split: str) -> Source:
+    """sklearn's 8x8 digits (ships inside scikit-learn): a deterministic 80/20 split, for fast tests."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(d.images * 16, 0, 255).astype(np.uint8)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    cut = int(0.8 * len(images))
+    keep = np.sort(order[:cut] if split == "train" else order[cut:])
+    return Source("digits", split, d.target[keep].astype(np.int64), 10, 1, DIGITS_MEAN, DIGITS_STD,
+                  arrays=np.ascontiguousarray(images[keep]), root="sklearn", classes=[str(i) for i in range(10)])
+
+
+SOURCES = {"cifar100": cifar100, "imagefolder": image_folder, "fashion_mnist": fashion_mnist, "digits": digits}
+
+
+def build_source(name: str, root: str, split: str) -> Source:
+    """Build a source by name; split is 'train' or 'val'."""
+    if name not in SOURCES:
+        raise PekdError(f"unknown data source {name!r}; choose one of {sorted(SOURCES)}")
+    if split not in ("train", "val"):
+        raise PekdError(f"unknown split {split!r}; use 'train' or 'val'")
+    return SOURCES[name](root, split)

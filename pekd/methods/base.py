@@ -1,0 +1,87 @@
+"""The shared harness: a Method owns its trainable extras and turns outputs into named, weighted losses.
+
+TrainModule puts the student and the method's extras (projectors) in ONE module, so DistributedDataParallel wraps
+both and reduces their gradients in a single bucketed all-reduce; the exported student is `train_module.student`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pekd.errors import PekdError
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a method reads from the teacher; decides whether a feature bank can serve it."""
+
+    feature: bool
+    logits: bool
+
+
+class Method(nn.Module):
+    """Base: cross-entropy (weighted) plus, in subclasses, a teacher term."""
+
+    def __init__(self, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+
+    @property
+    def needs(self) -> TeacherNeeds:
+        return TeacherNeeds(feature=False, logits=self.kd_weight > 0)
+
+    def feature_loss(self, feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def forward(self, feat_s: torch.Tensor, logits_s: torch.Tensor, labels: torch.Tensor,
+                feat_t: torch.Tensor | None, logits_t: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        from pekd.methods.losses import hinton_kd
+
+        losses = {"ce": self.ce_weight * F.cross_entropy(logits_s.float(), labels)}
+        if self.kd_weight > 0:
+            assert logits_t is not None
+            losses["kd"] = self.kd_weight * hinton_kd(logits_s, logits_t, self.temperature)
+        if self.needs.feature:
+            assert feat_t is not None
+            feat = self.feature_loss(feat_s, feat_t)
+            assert feat is not None
+            losses["feat"] = feat
+        return losses
+
+
+class TrainModule(nn.Module):
+    """Student + method extras; forward returns (logits, losses) so DDP sees every trainable parameter used."""
+
+    def __init__(self, student: nn.Module, method: Method) -> None:
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, feat_t: torch.Tensor | None = None,
+                logits_t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feat_s, logits_s = self.student(images)
+        return logits_s, self.method(feat_s, logits_s, labels, feat_t, logits_t)
+
+
+def build_method(cfg, d_s: int, d_t: int | None) -> Method:
+    """Build the configured method; d_t is the teacher's feature dimension (None without a teacher)."""
+    from pekd.methods.ce import CrossEntropy
+    from pekd.methods.fd import FeatureDistillation
+    from pekd.methods.kd import HintonKD
+    from pekd.methods.pefd import ProjectorEnsembleFD
+
+    common = dict(ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=cfg.temperature)
+    if cfg.name == "ce":
+        return CrossEntropy(**common)
+    if cfg.name == "kd":
+        return HintonKD(**common)
+    if d_t is None:
+        raise PekdError(f"method.name={cfg.name} distils features and needs a teacher; set teacher.name")
+    if cfg.name == "fd":
+        return FeatureDistillation(d_s, d_t, beta=cfg.beta, **common)
+    if cfg.name == "pefd":
+        return ProjectorEnsembleFD(d_s, d_t, beta=cfg.beta, q=cfg.q, projector=cfg.projector, **common)
+    raise PekdError(f"unknown method.name={cfg.name!r}; choose one of ce, kd, fd, pefd")

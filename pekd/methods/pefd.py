@@ -1,0 +1,26 @@
+"""Projector-ensemble feature distillation (Chen et al., NeurIPS 2022).
+
+The student feature goes through q projectors (Linear + ReLU by default), their outputs are averaged, and the
+average is pulled towards the teacher's feature in cosine distance: ce + beta * mean(1 - cos). q = 1 is feature
+distillation with one projector. The projectors train with the student and are dropped at test time.
+"""
+
+import torch
+
+from pekd.methods.base import Method, TeacherNeeds
+from pekd.methods.losses import cosine_distance
+from pekd.methods.projector import build_projector
+
+
+class ProjectorEnsembleFD(Method):
+    def __init__(self, d_s: int, d_t: int, beta: float, q: int, projector: str, **common: float) -> None:
+        super().__init__(**common)
+        self.beta, self.q = beta, q
+        self.projector = build_projector(projector, d_s, d_t, q)
+
+    @property
+    def needs(self) -> TeacherNeeds:
+        return TeacherNeeds(feature=True, logits=self.kd_weight > 0)
+
+    def feature_loss(self, feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
+        return self.beta * cosine_distance(self.projector(feat_s), feat_t)
