@@ -1,8 +1,8 @@
 """The CIFAR ResNets of the CRD / RepDistiller benchmark (resnet8 ... resnet110, resnet8x4, resnet32x4).
 
 Module names and shapes follow RepDistiller's `models/resnet.py` exactly, so its published teacher checkpoints
-load with strict=True. Only the final pooling differs: adaptive instead of a fixed 8x8 window, which is the same
-on 32x32 CIFAR inputs and also works on the 28x28 (and smaller) inputs of the demo.
+load with strict=True. Only the final pooling differs: adaptive instead of a fixed 8x8 window, which is the
+same on 32x32 CIFAR inputs and also works on the 28x28 (and smaller) inputs of the demo.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """conv-bn-relu stem, three stages of 6n+2 depth (strides 1, 2, 2), global average pool, linear classifier.
+    """conv-bn-relu stem, three stages (depth 6n+2, strides 1, 2, 2), global average pool, linear classifier.
 
     `widths` is (stem, stage1, stage2, stage3); the "x4" variants only widen these.
     """
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_chans: int = 3) -> None:
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int,
+                 in_chans: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

@@ -1,7 +1,8 @@
 """The CIFAR ResNet50 teacher of the CRD benchmark (RepDistiller `models/resnetv2.py`, `ResNet50`).
 
-Unlike the ImageNet ResNet50 it has a 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep enough resolution;
-its residual projections are called `shortcut` and its classifier `linear`, as in the reference checkpoints.
+Unlike the ImageNet ResNet50 it has a 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep enough
+resolution; its residual projections are called `shortcut` and its classifier `linear`, as in the reference
+checkpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride), 1x1 expand by 4, plus a projected shortcut when the shape changes."""
+    """1x1 reduce, 3x3 (carries the stride), 1x1 expand x4; shortcut projected when the shape changes."""
 
     expansion = 4
 
@@ -41,7 +42,7 @@ class Bottleneck(nn.Module):
 
 
 class CifarResNet50(nn.Module):
-    """Bottleneck ResNet with stages of (3, 4, 6, 3) blocks at widths 64..512 (x4 expansion: 2048-d feature)."""
+    """Bottleneck ResNet, (3, 4, 6, 3) blocks at widths 64..512 (x4 expansion: a 2048-d feature)."""
 
     def __init__(self, num_classes: int, in_chans: int = 3) -> None:
         super().__init__()

@@ -1,8 +1,8 @@
-"""CIFAR VGG with batch norm and no FC stack (RepDistiller `vgg8_bn` ... `vgg19_bn`, registered as vgg8 ... vgg19).
+"""CIFAR VGG with BN and no FC stack (RepDistiller `vgg8_bn` ... `vgg19_bn`, registered as vgg8 ... vgg19).
 
-Five conv blocks `block0`..`block4` (each a Sequential of conv(bias)-BN-ReLU units whose trailing ReLU is left out,
-as in the reference, so the indices inside each block match its checkpoints), max-pools between blocks, a global
-average pool and one linear `classifier`.
+Five conv blocks `block0`..`block4` (each a Sequential of conv(bias)-BN-ReLU units whose trailing ReLU is left
+out, as in the reference, so the indices inside each block match its checkpoints), max-pools between blocks, a
+global average pool and one linear `classifier`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def _block(widths: tuple[int, ...], in_planes: int) -> nn.Sequential:
 class VGG(nn.Module):
     """block0 pool block1 pool block2 pool block3 [pool] block4 avgpool classifier.
 
-    The pool after block3 runs only for 64-pixel inputs (Tiny-ImageNet), exactly like the reference: this keeps
-    block4 at 4x4 for both 32- and 64-pixel images, and checkpoints trained either way behave as published.
+    The pool after block3 runs only for 64-pixel inputs (Tiny-ImageNet), exactly like the reference: this
+    keeps block4 at 4x4 for both 32- and 64-pixel images, and checkpoints trained either way behave as
+    published.
     """
 
     def __init__(self, widths: tuple[tuple[int, ...], ...], num_classes: int, in_chans: int = 3) -> None:

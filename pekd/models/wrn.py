@@ -1,7 +1,7 @@
 """Wide ResNets WRN-d-k of the CRD benchmark (wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2).
 
-Pre-activation blocks with names and shapes as in RepDistiller's `models/wrn.py`, so its teacher checkpoints load
-with strict=True. Pooling is adaptive instead of a fixed 8x8 window (identical on 32x32 inputs).
+Pre-activation blocks with names and shapes as in RepDistiller's `models/wrn.py`, so its teacher checkpoints
+load with strict=True. Pooling is adaptive instead of a fixed 8x8 window (identical on 32x32 inputs).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from torch import nn
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3 twice, with a residual.
 
-    When the width or stride changes, the 1x1 `convShortcut` reads the *pre-activated* input, as in the reference
-    (and the original WRN code); otherwise the identity shortcut reads the raw input.
+    When the width or stride changes, the 1x1 `convShortcut` reads the *pre-activated* input, as in the
+    reference (and the original WRN code); otherwise the identity shortcut reads the raw input.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
@@ -36,7 +36,7 @@ class PreActBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
-    """One stage; the extra `layer` level mirrors the reference's key names (`block1.layer.0.conv1.weight`)."""
+    """One stage; the extra `layer` level mirrors the reference's keys (`block1.layer.0.conv1.weight`)."""
 
     def __init__(self, blocks: int, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
@@ -66,7 +66,7 @@ class WideResNet(nn.Module):
         self.block3 = NetworkBlock(blocks, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        # Same initialisation as the reference (He-normal over fan-out, zero linear bias, default linear weight).
+        # Same initialisation as the reference (He-normal fan-out convs, zero linear bias).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

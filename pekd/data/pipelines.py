@@ -1,0 +1,76 @@
+"""Pick the pipeline named by data.pipeline; every backend yields the same Batches in the same global order.
+
+The backends only differ in who decodes and resizes. The order comes from pekd.data.order and the crop and flip
+of every sample from pekd.data.views, so switching backends (or resuming on another world size) changes
+throughput, not the samples a run sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from pekd.config import DataConfig
+from pekd.data.batch import Batch
+from pekd.data.order import Plan
+from pekd.data.sources import Source
+from pekd.data.views import EvalRecipe, TrainRecipe
+from pekd.errors import PekdError
+
+PIPELINES = ("torch", "ffcv", "dali")
+
+
+class TrainLoader(Protocol):
+    """One rank's view of training data."""
+
+    steps_per_epoch: int  # optimizer steps (global batches) per epoch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """This rank's micro-batches from global step start_step on; accum consecutive ones make one step."""
+        ...
+
+
+def _check_pipeline(cfg: DataConfig) -> None:
+    if cfg.pipeline not in PIPELINES:
+        raise PekdError(f"data.pipeline={cfg.pipeline!r} is not one of {list(PIPELINES)}")
+
+
+def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int, seed: int,
+                       bank_views: int = 0) -> TrainLoader:
+    """The training loader of this rank. bank_views K > 0: each sample shows one of the bank's K views."""
+    _check_pipeline(cfg)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views)
+    if cfg.pipeline == "ffcv":
+        from pekd.data.ffcv_pipeline import FfcvTrainLoader
+
+        return FfcvTrainLoader(source, recipe, cfg.train_beton, plan=plan, rank=rank, seed=seed,
+                               workers=cfg.workers, os_cache=cfg.os_cache)
+    if cfg.pipeline == "dali":
+        from pekd.data.dali_pipeline import DaliTrainLoader
+
+        return DaliTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
+                               device=cfg.dali_device, on_corrupt=cfg.on_corrupt)
+    from pekd.data.torch_pipeline import TorchTrainLoader
+
+    return TorchTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
+                            on_corrupt=cfg.on_corrupt)
+
+
+def build_eval_loader(source: Source, cfg: DataConfig, *, rank: int, world: int) -> Iterable[Batch]:
+    """This rank's eval shard (contiguous, unpadded), re-iterable, center-cropped/resized per cfg, uint8."""
+    _check_pipeline(cfg)
+    recipe = EvalRecipe(cfg.image_size, cfg.eval_resize)
+    if cfg.pipeline == "ffcv":
+        from pekd.data.ffcv_pipeline import FfcvEvalLoader
+
+        return FfcvEvalLoader(source, recipe, cfg.val_beton, rank=rank, world=world,
+                              batch_size=cfg.eval_batch_size, workers=cfg.workers, os_cache=cfg.os_cache)
+    if cfg.pipeline == "dali":
+        from pekd.data.dali_pipeline import DaliEvalLoader
+
+        return DaliEvalLoader(source, recipe, rank=rank, world=world, batch_size=cfg.eval_batch_size,
+                              workers=cfg.workers, device=cfg.dali_device, on_corrupt=cfg.on_corrupt)
+    from pekd.data.torch_pipeline import TorchEvalLoader
+
+    return TorchEvalLoader(source, recipe, rank=rank, world=world, batch_size=cfg.eval_batch_size,
+                           workers=cfg.workers, on_corrupt=cfg.on_corrupt)

@@ -1,0 +1,157 @@
+"""The reference pipeline: torch DataLoader workers decode and apply the given view with torchvision v2.
+
+The batch sampler hands the Dataset (epoch, index) pairs built from `rank_micro_batches`, so workers never keep
+per-epoch state: persistent workers just see new keys, and a resume is a different list of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as F
+
+from pekd.data.batch import Batch
+from pekd.data.order import Plan, epoch_permutation, eval_shard, rank_micro_batches, steps_per_epoch
+from pekd.data.sources import Source
+from pekd.data.views import Recipe
+from pekd.errors import PekdError
+
+
+def apply_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """Crop a uint8 CHW image to box (zero outside the image), resize to size x size unless it is, maybe flip."""
+    out = F.crop(image, *box)
+    if box[2] != size or box[3] != size:
+        out = F.resize(out, [size, size], antialias=True)
+    return F.horizontal_flip(out) if flip else out
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """A sample whose file could not be read: collated into the batch's skip list instead of crashing a worker."""
+
+    path: str
+    reason: str
+
+
+class ViewDataset(Dataset):
+    """Map-style dataset keyed by (epoch, index): decodes sample `index` and applies the recipe's view for it."""
+
+    def __init__(self, source: Source, recipe: Recipe):
+        self.source = source
+        self.recipe = recipe
+        self.mode = ImageReadMode.RGB if source.in_chans == 3 else ImageReadMode.GRAY
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Sample `index` as uint8 CHW."""
+        if self.source.arrays is not None:
+            return torch.from_numpy(self.source.arrays[index]).permute(2, 0, 1)
+        assert self.source.paths is not None
+        return decode_image(read_file(self.source.paths[index]), mode=self.mode)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int, int] | Corrupt:
+        epoch, index = key
+        try:
+            image = self.load(index)
+        except (RuntimeError, OSError) as e:
+            assert self.source.paths is not None
+            return Corrupt(self.source.paths[index], str(e).splitlines()[0] if str(e) else type(e).__name__)
+        v = self.recipe.views(epoch, np.array([index]), np.array([image.shape[1]]), np.array([image.shape[2]]))
+        out = apply_view(image, v.box(0), bool(v.flip[0]), self.recipe.size)
+        return out, int(self.source.labels[index]), index, int(v.view[0])
+
+
+def collate(samples: list[tuple[torch.Tensor, int, int, int] | Corrupt]) -> tuple[Batch, list[Corrupt]]:
+    """Stack the good samples into a Batch; hand the corrupt ones back separately."""
+    good = [s for s in samples if not isinstance(s, Corrupt)]
+    bad = [s for s in samples if isinstance(s, Corrupt)]
+    if not good:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return Batch(torch.zeros(0, 0, 0, 0, dtype=torch.uint8), empty, empty, empty), bad
+    images = torch.stack([s[0] for s in good])
+    labels, index, view = (torch.tensor([s[i] for s in good], dtype=torch.int64) for i in (1, 2, 3))
+    return Batch(images, labels, index, view), bad
+
+
+class KeyBatches:
+    """A batch sampler whose batches the owner swaps before each pass; DataLoader re-iterates it per epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class CorruptPolicy:
+    """on_corrupt=error: raise one PekdError naming the file; skip: count, remember and drop it."""
+
+    def __init__(self, on_corrupt: str):
+        if on_corrupt not in ("error", "skip"):
+            raise PekdError(f"data.on_corrupt={on_corrupt!r} is not one of ['error', 'skip']")
+        self.on_corrupt = on_corrupt
+        self.skipped: list[str] = []
+
+    def check(self, bad: Sequence[Corrupt]) -> None:
+        if bad and self.on_corrupt == "error":
+            raise PekdError(f"cannot decode image {bad[0].path!r} ({bad[0].reason}); delete or replace the file, "
+                            "or set data.on_corrupt=skip to skip unreadable images")
+        self.skipped.extend(b.path for b in bad)
+
+
+def make_loader(dataset: ViewDataset, sampler: KeyBatches, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+class TorchTrainLoader:
+    """This rank's micro-batches of an epoch, in the global order, from DataLoader workers."""
+
+    def __init__(self, source: Source, recipe: Recipe, *, plan: Plan, rank: int, seed: int, workers: int,
+                 on_corrupt: str = "error"):
+        self.source, self.plan, self.rank, self.seed = source, plan, rank, seed
+        self.steps_per_epoch = steps_per_epoch(len(source), plan.global_batch)
+        self.corrupt = CorruptPolicy(on_corrupt)
+        self.sampler = KeyBatches()
+        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Paths of the corrupt images skipped so far (on_corrupt=skip); their batches come out smaller."""
+        return self.corrupt.skipped
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        perm = epoch_permutation(len(self.source), self.seed, epoch)
+        micro = rank_micro_batches(perm, self.plan, self.rank, start_step)
+        self.sampler.batches = [[(epoch, int(i)) for i in m] for m in micro]
+        for batch, bad in self.loader:
+            self.corrupt.check(bad)
+            yield batch
+
+
+class TorchEvalLoader(Iterable[Batch]):
+    """This rank's contiguous eval shard, center-cropped per the eval recipe, last batch kept partial."""
+
+    def __init__(self, source: Source, recipe: Recipe, *, rank: int, world: int, batch_size: int, workers: int,
+                 on_corrupt: str = "error"):
+        shard = eval_shard(len(source), rank, world)
+        self.sampler = KeyBatches()
+        self.sampler.batches = [[(0, int(i)) for i in shard[s:s + batch_size]]
+                                for s in range(0, len(shard), batch_size)]
+        self.corrupt = CorruptPolicy(on_corrupt)
+        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, bad in self.loader:
+            self.corrupt.check(bad)
+            yield batch

@@ -1,0 +1,199 @@
+"""Augmentation views: the crop box and flip of each sample, as a pure function of a key.
+
+Every pipeline (torch, FFCV, DALI) asks this module for the view of a sample and only *applies* it, so the same
+(seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank with K views stores
+teacher features of view k of each sample; training then picks k from (seed, epoch, index) and re-creates view k
+exactly from (seed, index, k).
+
+The random numbers come from SplitMix64 run in counter mode over a hash of the key. It is vectorised over whole
+batches of indices in plain numpy, needs no generator object per sample, and its output is fixed by these few lines
+rather than by a library's stream guarantees.
+
+A box is (top, left, height, width) in the source image's pixels. It may reach outside the image (pad-crop and
+center-crop of small images): those pixels are zero. The box is then resized to size x size unless it already is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pekd.errors import PekdError
+
+AUGMENTS = ("cifar", "imagenet", "flip", "none")
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+RRC_TRIES = 10
+CIFAR_PAD = 4
+DRAWS = 4 * RRC_TRIES + 1  # four numbers per RandomResizedCrop try, then the flip
+
+# Domain tags keep the three uses of a key from ever sharing random numbers.
+_TAG_EPOCH, _TAG_BANK, _TAG_PICK = 0x51, 0x52, 0x53
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective avalanche of uint64 (wrapping arithmetic is intended)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(key: tuple[int | np.ndarray, ...], draws: int) -> np.ndarray:
+    """`draws` uniform floats in [0, 1) for each element of the broadcast key: float64 [B, draws].
+
+    The key parts are non-negative integers or int arrays (one entry per sample); equal keys give equal numbers.
+    """
+    parts = np.broadcast_arrays(*(np.atleast_1d(np.asarray(p, dtype=np.int64)) for p in key))
+    h = np.zeros(parts[0].shape, dtype=np.uint64)
+    for p in parts:
+        h = _mix64((h + _GOLDEN) ^ p.astype(np.uint64))
+    counters = np.arange(1, draws + 1, dtype=np.uint64) * _GOLDEN
+    bits = _mix64(h[:, None] + counters[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+@dataclass(frozen=True)
+class Views:
+    """The views of a batch of samples; all fields are arrays of length B."""
+
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    flip: np.ndarray  # bool
+    view: np.ndarray  # int64: which bank view (0 without a bank)
+
+    def __len__(self) -> int:
+        return int(self.top.shape[0])
+
+    def box(self, i: int) -> tuple[int, int, int, int]:
+        return int(self.top[i]), int(self.left[i]), int(self.height[i]), int(self.width[i])
+
+
+def random_resized_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray,
+                         scale: tuple[float, float] = RRC_SCALE,
+                         ratio: tuple[float, float] = RRC_RATIO) -> tuple[np.ndarray, ...]:
+    """torchvision's RandomResizedCrop.get_params, vectorised: first valid of 10 tries, else the center fallback.
+
+    u: [B, >= 40] uniforms (4 per try: scale, log-ratio, row, column).
+    """
+    h = heights.astype(np.float64)
+    w = widths.astype(np.float64)
+    area = h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    tries = u[:, :4 * RRC_TRIES].reshape(-1, RRC_TRIES, 4)
+    target = area[:, None] * (scale[0] + tries[..., 0] * (scale[1] - scale[0]))
+    aspect = np.exp(log_lo + tries[..., 1] * (log_hi - log_lo))
+    cw = np.round(np.sqrt(target * aspect))  # round half to even, as Python's round() in torchvision
+    ch = np.round(np.sqrt(target / aspect))
+    ok = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
+    top = np.floor(tries[..., 2] * (h[:, None] - ch + 1))
+    left = np.floor(tries[..., 3] * (w[:, None] - cw + 1))
+    first = np.argmax(ok, axis=1)
+    rows = np.arange(len(first))
+    found = ok[rows, first]
+
+    # Fallback: the whole image, clamped to the ratio range, centered.
+    in_ratio = w / h
+    fw = np.where(in_ratio < ratio[0], w, np.where(in_ratio > ratio[1], np.round(h * ratio[1]), w))
+    fh = np.where(in_ratio < ratio[0], np.round(w / ratio[0]), h)
+    pick = [np.where(found, a[rows, first], b) for a, b in
+            ((top, (h - fh) // 2), (left, (w - fw) // 2), (ch, fh), (cw, fw))]
+    return tuple(p.astype(np.int64) for p in pick)
+
+
+def pad_crop_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int,
+                   pad: int = CIFAR_PAD) -> tuple[np.ndarray, ...]:
+    """RandomCrop(size, padding=pad): a size x size box of the zero-padded image, offsets uniform."""
+    dy = np.floor(u[:, 0] * np.maximum(heights + 2 * pad - size + 1, 1)).astype(np.int64)
+    dx = np.floor(u[:, 1] * np.maximum(widths + 2 * pad - size + 1, 1)).astype(np.int64)
+    side = np.full_like(dy, size)
+    return dy - pad, dx - pad, side, side
+
+
+def center_boxes(heights: np.ndarray, widths: np.ndarray, side: np.ndarray | int) -> tuple[np.ndarray, ...]:
+    """A centered side x side box (reaching outside images smaller than side), as torchvision's CenterCrop."""
+    side = np.broadcast_to(np.asarray(side, dtype=np.int64), heights.shape)
+    top = np.round((heights - side) / 2.0).astype(np.int64)
+    left = np.round((widths - side) / 2.0).astype(np.int64)
+    return top, left, side.copy(), side.copy()
+
+
+def bank_view_ids(seed: int, epoch: int, index: np.ndarray, bank_views: int) -> np.ndarray:
+    """Which of the K stored views each sample shows this epoch: uniform over [0, K), keyed by (seed, epoch, index)."""
+    u = uniforms((_TAG_PICK, seed, epoch, index), 1)[:, 0]
+    return np.minimum((u * bank_views).astype(np.int64), bank_views - 1)
+
+
+class Recipe(Protocol):
+    """Turns (epoch, indices, image sizes) into views; pipelines hold one and never draw numbers themselves."""
+
+    size: int
+
+    def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views: ...
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Training augmentation: one of AUGMENTS at output side `size`, keyed by seed (and the bank's K)."""
+
+    augment: str
+    size: int
+    seed: int
+    bank_views: int = 0
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise PekdError(f"data.augment={self.augment!r} is not one of {list(AUGMENTS)}")
+        if self.size <= 0:
+            raise PekdError(f"data.image_size={self.size} must be positive")
+
+    def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
+        index = np.asarray(index, dtype=np.int64)
+        heights = np.asarray(heights, dtype=np.int64)
+        widths = np.asarray(widths, dtype=np.int64)
+        if self.bank_views > 0:
+            view = bank_view_ids(self.seed, epoch, index, self.bank_views)
+            u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
+        else:
+            view = np.zeros_like(index)
+            u = uniforms((_TAG_EPOCH, self.seed, epoch, index), DRAWS)
+        if self.augment == "imagenet":
+            box = random_resized_boxes(u, heights, widths)
+        elif self.augment == "cifar":
+            box = pad_crop_boxes(u, heights, widths, self.size)
+        else:
+            box = center_boxes(heights, widths, self.size)
+        flip = (u[:, -1] < 0.5) if self.augment != "none" else np.zeros(len(index), dtype=bool)
+        return Views(*box, flip=flip, view=view)
+
+
+@dataclass(frozen=True)
+class EvalRecipe:
+    """Evaluation: resize the shorter side to `resize` then center-crop `size` (resize 0: center-crop only).
+
+    Expressed as one centered box of side size * shorter / resize in the original image, resized to size: the
+    same pixels as Resize + CenterCrop up to rounding, and a single box every backend can apply.
+    """
+
+    size: int
+    resize: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resize and self.resize < self.size:
+            raise PekdError(f"data.eval_resize={self.resize} is smaller than data.image_size={self.size}; "
+                            "the center crop must fit in the resized image (ImageNet: 256 and 224)")
+
+    def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
+        heights = np.asarray(heights, dtype=np.int64)
+        widths = np.asarray(widths, dtype=np.int64)
+        side: np.ndarray | int = self.size
+        if self.resize:
+            side = np.maximum(np.round(np.minimum(heights, widths) * self.size / self.resize), 1).astype(np.int64)
+        n = len(np.atleast_1d(index))
+        return Views(*center_boxes(heights, widths, side), flip=np.zeros(n, dtype=bool),
+                     view=np.zeros(n, dtype=np.int64))

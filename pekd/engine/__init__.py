@@ -1,0 +1,1 @@
+"""The training engine: process groups, checkpoints, run directories, the trainer loop."""

@@ -1,0 +1,109 @@
+"""The self-describing run directory: the unit that jobs resume from and sweeps aggregate.
+
+run_dir/
+  config.yaml     resolved config (what this directory was made for)
+  meta.json       code revision, versions, host, command line
+  results.json    status, best/last accuracy, per-epoch history
+  checkpoints/    ckpt-<global step>.pt (last k), verified on load
+  student.pt      the exported student (no projectors), best.pt at the best eval accuracy
+  tb/             TensorBoard events        logs/rank<r>.log   every rank's log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.errors import PekdError
+
+# Keys that may differ between a run and its resumption: they change how, not what, is trained.
+RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.max_micro_batch",
+                     "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
+                     "data.eval_batch_size", "data.os_cache", "run_dir"}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+
+
+def prepare(run_dir: Path, cfg: DictConfig) -> bool:
+    """Create or adopt run_dir for cfg (rank 0 only); True when it holds an earlier run of the same config.
+
+    A non-empty directory made for a different config is refused (on_existing=overwrite moves it aside to
+    run_dir.old-<time>, never deleting it).
+    """
+    cfg_file = run_dir / "config.yaml"
+    new = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(new, dict)
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    if existing and cfg.on_existing == "overwrite":
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+        existing = False
+    elif existing and cfg.on_existing == "fail":
+        raise PekdError(f"run directory {str(run_dir)!r} is not empty and on_existing=fail; choose another "
+                        "run_dir, or on_existing=resume / on_existing=overwrite")
+    elif existing:
+        if not cfg_file.is_file():
+            raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd run); "
+                            "choose another run_dir or on_existing=overwrite (moves it aside)")
+        old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+        assert isinstance(old, dict)
+        diff = config_differences(old, new)
+        if diff:
+            shown = ", ".join(f"{k}: {_flatten(old).get(k)!r} -> {_flatten(new).get(k)!r}" for k in diff[:3])
+            raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
+                            f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
+                            "on_existing=overwrite to move the old run aside")
+    for sub in ("checkpoints", "tb", "logs"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode())
+    write_json(run_dir / "meta.json", describe_environment())
+    return bool(existing)
+
+
+def _git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def describe_environment() -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    import pekd
+
+    return {"pekd": pekd.__version__, "git": _git_revision(), "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "host": socket.gethostname(),
+            "argv": sys.argv, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,153 @@
+"""`python -m pekd.train experiment=... [key=value ...]`: compose the config with Hydra and train one run.
+
+Works alone, under torchrun, and inside a SLURM/submitit task (the process group comes from the environment).
+A user error prints one line and exits with status 2; a preempted run exits with status 3 after checkpointing
+(run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pekd.config import register, validate
+from pekd.errors import PekdError, user_errors_exit
+
+CONFIG_DIR = Path(os.environ.get("PEKD_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+log = logging.getLogger("pekd")
+
+
+def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
+    """Hydra compose of configs/config.yaml; unknown keys and bad values become one PekdError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register()
+    folder = Path(config_dir or CONFIG_DIR).resolve()
+    if not (folder / "config.yaml").is_file():
+        raise PekdError(f"no config.yaml in {str(folder)!r}; set PEKD_CONFIG_DIR to pekd's configs/ folder")
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        cause = f" ({e.__cause__})" if e.__cause__ else ""
+        msg = " ".join(f"{e}{cause}".split())
+        raise PekdError(f"bad config: {msg}; see configs/ and `python -m pekd.train --cfg` for the valid keys") \
+            from None
+    validate(cfg)
+    return cfg
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train one run described by cfg; returns results (status 'completed', 'preempted' or 'stopped')."""
+    from pekd.data.order import Plan
+    from pekd.data.pipelines import build_eval_loader, build_train_loader
+    from pekd.data.sources import build_source
+    from pekd.engine import checkpoint as ckpt
+    from pekd.engine.distributed import broadcast_object, init_distributed
+    from pekd.engine.logs import setup_logging
+    from pekd.engine.rundir import prepare
+    from pekd.engine.trainer import Trainer
+    from pekd.methods import TrainModule, build_method
+    from pekd.models import build_model, load_weights
+
+    validate(cfg)
+    env = init_distributed()
+    run_dir = Path(str(broadcast_object(str(cfg.run_dir)))).resolve()
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "run_dir", str(run_dir))
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    train_src = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
+    val_src = build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed)
+    plan = Plan.make(cfg.data.batch_size, env.world, cfg.data.max_micro_batch)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    student = build_model(cfg.model.name, train_src.num_classes, train_src.in_chans)
+    if cfg.model.weights:
+        load_weights(student, cfg.model.weights)
+    teacher, d_t = _build_teacher(cfg, train_src, build_model, load_weights)
+    method = build_method(cfg.method, student.feature_dim, d_t)
+    if method.needs.feature and teacher is None:
+        raise PekdError(f"method.name={cfg.method.name} needs teacher features; set teacher.mode=online or bank")
+
+    problem = None
+    if env.is_main:  # rank 0 alone inspects and writes the run directory; every rank raises its verdict
+        try:
+            prepare(run_dir, cfg)
+        except PekdError as e:
+            problem = str(e)
+    problem = broadcast_object(problem)
+    if problem:
+        raise PekdError(str(problem))
+    setup_logging(run_dir, env.rank)
+    log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
+             cfg.teacher.name or "-", cfg.model.name, cfg.method.name, env.world, plan.accum, plan.micro)
+
+    bank_views = cfg.bank.views if cfg.teacher.mode == "bank" else 0
+    train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
+                                      bank_views=bank_views)
+    eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
+    trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
+                      train_src.mean, train_src.std, plan)
+    found = None
+    if env.is_main:
+        hit = ckpt.newest_valid(run_dir / "checkpoints")
+        found = str(hit[0]) if hit else None
+    found = broadcast_object(found)
+    if found:
+        trainer.resume(ckpt.load(Path(str(found))), Path(str(found)))
+    return trainer.fit()
+
+
+def _build_teacher(cfg: DictConfig, src: Any, build_model: Any, load_weights: Any) -> tuple[Any, int | None]:
+    tcfg = cfg.teacher
+    if tcfg.mode == "none" or not tcfg.name:
+        return None, None
+    if tcfg.mode == "bank":
+        from pekd.teacher.bank import BankTeacher
+
+        teacher = BankTeacher.open(tcfg.bank, cfg, src)
+        return teacher, teacher.feature_dim
+    from pekd.teacher.online import OnlineTeacher
+
+    if not tcfg.weights:
+        raise PekdError(f"teacher.weights is empty for teacher.name={tcfg.name}: a random teacher teaches nothing; "
+                        "point it at a trained checkpoint (torchvision or RepDistiller format)")
+    model = build_model(tcfg.name, src.num_classes, src.in_chans)
+    load_weights(model, tcfg.weights)
+    return OnlineTeacher(model, cfg.trainer.channels_last), model.feature_dim
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    show = "--cfg" in args
+    cfg = compose_config([a for a in args if a != "--cfg"])
+    if show:
+        print(OmegaConf.to_yaml(cfg))
+        return
+    from pekd.engine.distributed import shutdown
+
+    results = run(cfg)
+    shutdown()
+    if results["status"] == "preempted":
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

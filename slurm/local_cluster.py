@@ -1,0 +1,416 @@
+"""A one-host SLURM cluster for development and tests: `python slurm/local_cluster.py start|stop|status --dir DIR`.
+
+Why a real cluster: what the launcher must get right (requeue on USR2, job arrays, a rendezvous across tasks,
+sacct-driven job states) only shows against the real scheduler, and Debian's slurm packages start in well
+under a second. munged, slurmctld and one slurmd per node run as plain background processes of the caller
+(no systemd, no cgroups), with every file - key, sockets, state, logs, pid files - under DIR, so a developer's
+cluster and a test session's can run side by side and `stop` leaves nothing behind.
+
+Fake nodes are named 127.0.0.1, 127.0.0.2, ...: Linux answers on the whole 127/8 block, so each name resolves
+on its own and torch's rendezvous (MASTER_ADDR = first node of SLURM_JOB_NODELIST) works without hosts entries.
+
+There is no slurmdbd (it needs MySQL), so `sacct` would fail and submitit could not see job states. Instead
+job ends go to a jobcomp text file, and DIR/bin/sacct - first on PATH in `LocalCluster.env()` - answers
+`sacct -o FIELDS --parsable2 -j ID` from squeue (live and recently finished jobs) and that file (older ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+TEMPLATE = Path(__file__).with_name("slurm.conf.template")
+SBIN = os.pathsep.join(("/usr/sbin", "/usr/bin", "/sbin", "/bin"))
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+# UNIX sockets (munged's, slurmstepd's under the spool dir) must fit in 108 bytes; the spool ones add ~50.
+MAX_DIR_LEN = 55
+# squeue format: job name last, so a '|' in a name cannot shift the other fields.
+SQUEUE_FIELDS = ("JobID", "Partition", "State", "NodeList", "JobName")
+SQUEUE_FORMAT = "%i|%P|%T|%N|%j"
+SACCT_FIELDS = (*SQUEUE_FIELDS, "ExitCode")
+ACTIVE_STATES = "pending,running,suspended,completing,configuring,requeued,resizing"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started or queried; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """One cluster directory and the shape of the cluster to run in it."""
+
+    dir: Path
+    nodes: int = 1
+    cpus: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
+    partition: str = "debug"
+    cred_expire_s: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", Path(self.dir).resolve())
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "slurm.conf"
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"127.0.0.{i + 1}" for i in range(self.nodes)]
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.dir / "run" / "munge.socket"
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment for SLURM clients (sbatch, squeue, submitit): SLURM_CONF and the sacct stand-in.
+
+        Jobs inherit it from sbatch, which is how `scontrol requeue` inside a job finds this cluster too.
+        """
+        env = dict(os.environ if base is None else base)
+        env["SLURM_CONF"] = str(self.conf)
+        env["PATH"] = os.pathsep.join((str(self.dir / "bin"), env.get("PATH", os.defpath)))
+        return env
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a SLURM client command against this cluster and capture its text output."""
+        return subprocess.run(cmd, env=self.env(), check=check, capture_output=True, text=True, timeout=60)
+
+    # -- daemons ---------------------------------------------------------------------------------------------
+
+    def daemons(self) -> dict[str, int | None]:
+        """Pid of every daemon this directory has had (None when not running), by pid-file name."""
+        run = self.dir / "run"
+        names = ["munged", "slurmctld"] + [f"slurmd-{n}" for n in self.node_names]
+        names += [p.stem for p in sorted(run.glob("slurmd-*.pid")) if p.stem not in names]
+        return {name: self._live_pid(run / f"{name}.pid") for name in names}
+
+    def is_running(self) -> bool:
+        return all(pid is not None for pid in self.daemons().values())
+
+    def start(self) -> None:
+        """Start the cluster if it is not fully up; safe to call on a running or half-stopped one.
+
+        State (job ids, finished jobs) survives stop/start; delete DIR for a clean slate.
+        """
+        if self.is_running():
+            return
+        self.stop()
+        self._check_prerequisites()
+        for sub in ("state", "log", "bin", "munge", *(f"spool/{n}" for n in self.node_names)):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        # munged refuses a socket directory that not everyone may traverse.
+        (self.dir / "run").mkdir(mode=0o755, exist_ok=True)
+        (self.dir / "run").chmod(0o755)
+        (self.dir / "munge").chmod(0o700)
+        self._start_munged()
+        self._write_conf()
+        self._write_sacct_wrapper()
+        daemon_env = self.env()
+        conf = str(self.conf)
+        _spawn(["slurmctld", "-i", "-f", conf], daemon_env, self.dir)
+        for node in self.node_names:
+            _spawn(["slurmd", "-f", conf, "-N", node], daemon_env, self.dir)
+        self._wait_for_nodes()
+
+    def stop(self) -> None:
+        """Cancel every job, then stop the daemons by their pid files and wait until they are gone.
+
+        Jobs first: slurmd going away leaves running job steps alive, and they would outlive the cluster.
+        """
+        daemons = self.daemons()
+        if daemons.get("slurmctld") is not None:
+            self._cancel_all_jobs()
+        order = [n for n in daemons if n.startswith("slurmd-")] + ["slurmctld", "munged"]
+        for name in order:
+            pid = daemons.get(name)
+            if pid is not None:
+                _terminate(pid, name)
+            (self.dir / "run" / f"{name}.pid").unlink(missing_ok=True)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _live_pid(self, pid_file: Path) -> int | None:
+        """The pid in pid_file if that process is alive and is ours (its command line names this directory)."""
+        try:
+            pid = int(pid_file.read_text().strip())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            return None
+        # A zombie still answers kill(pid, 0); the state letter follows the ')' closing the command name.
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X") or str(self.dir) not in cmdline:
+            return None
+        return pid
+
+    def _check_prerequisites(self) -> None:
+        missing = [b for b in ("munged", "slurmctld", "slurmd", "sinfo") if _which(b) is None]
+        if missing:
+            raise ClusterError(
+                f"{', '.join(missing)} not found: install Debian's slurmctld slurmd slurm-client munge "
+                "(scripts/setup.sh does)"
+            )
+        if len(str(self.dir)) > MAX_DIR_LEN:
+            raise ClusterError(
+                f"cluster directory {self.dir} is too long for the UNIX sockets under it "
+                f"(at most {MAX_DIR_LEN} characters); use a shorter --dir"
+            )
+
+    def _start_munged(self) -> None:
+        key = self.dir / "munge" / "munge.key"
+        if not key.exists():
+            # munged wants a private key of at least 32 bytes; random bytes are what mungekey writes too.
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(1024))
+        # --force: /tmp-style parents (world-writable, sticky) are fine for a private development cluster.
+        _spawn(
+            [
+                "munged",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--log-file={self.dir / 'log' / 'munged.log'}",
+                f"--pid-file={self.dir / 'run' / 'munged.pid'}",
+                f"--seed-file={self.dir / 'munge' / 'munged.seed'}",
+            ],
+            self.env(),
+            self.dir,
+        )
+
+    def _write_conf(self) -> None:
+        """Render slurm.conf with fresh free ports (a restarted cluster must not trip over a busy one)."""
+        ports = _free_ports(1 + self.nodes)
+        memory_mb = _memory_mb()
+        node_lines = "\n".join(
+            f"NodeName={name} NodeAddr={name} NodeHostname={socket.gethostname()} Port={port} "
+            f"CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN"
+            for name, port in zip(self.node_names, ports[1:], strict=True)
+        )
+        text = Template(TEMPLATE.read_text()).substitute(
+            dir=self.dir,
+            host=socket.gethostname().split(".")[0],
+            ctld_port=ports[0],
+            munge_socket=self.munge_socket,
+            cred_expire=self.cred_expire_s,
+            # Ids from the clock: a wiped and recreated cluster must not reuse ids whose logs still sit in
+            # run folders (submitit names its files by job id).
+            first_job_id=int(time.time()) % 10_000_000 + 1,
+            node_lines=node_lines,
+            partition=self.partition,
+        )
+        self.conf.write_text(text)
+
+    def _write_sacct_wrapper(self) -> None:
+        wrapper = self.dir / "bin" / "sacct"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            "# sacct stand-in for a cluster without slurmdbd; see slurm/local_cluster.py.\n"
+            f'exec {sys.executable} {Path(__file__).resolve()} sacct --dir {self.dir} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+
+    def _wait_for_nodes(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            out = self.run("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+            states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+            if states and all(
+                s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states.values()
+            ):
+                return
+            time.sleep(0.1)
+        raise ClusterError(f"nodes did not come up within {START_TIMEOUT_S:.0f} s.\n{self._log_tails()}")
+
+    def _cancel_all_jobs(self) -> None:
+        ids = self.run("squeue", "-h", "-o", "%A", check=False).stdout.split()
+        if not ids:
+            return
+        self.run("scancel", *sorted(set(ids)), check=False)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            busy = self.run("squeue", "-h", "-t", "running,completing,configuring,suspended", "-o", "%A",
+                            check=False)
+            if busy.returncode != 0 or not busy.stdout.strip():
+                return
+            time.sleep(0.2)
+
+    def _log_tails(self, lines: int = 15) -> str:
+        parts = []
+        for log in sorted((self.dir / "log").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+def _which(binary: str) -> str | None:
+    return shutil.which(binary, path=os.pathsep.join((os.environ.get("PATH", ""), SBIN)))
+
+
+def _spawn(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run a daemon's start command; it forks into the background and returns once it is listening."""
+    exe = _which(cmd[0])
+    if exe is None:
+        raise ClusterError(f"{cmd[0]} not found")
+    proc = subprocess.run([exe, *cmd[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise ClusterError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+
+
+def _terminate(pid: int, name: str) -> None:
+    """SIGTERM, then SIGKILL if the daemon is still there after STOP_TIMEOUT_S."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+    raise ClusterError(f"{name} (pid {pid}) survived SIGKILL")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _memory_mb() -> int:
+    """Total memory in MB, so memory requests (--mem-per-gpu and the like) fit the node."""
+    meminfo = Path("/proc/meminfo").read_text()
+    match = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
+    return int(match.group(1)) // 1024 if match else 4096
+
+
+# -- the sacct stand-in --------------------------------------------------------------------------------------
+
+
+def _jobcomp_records(path: Path) -> Iterable[dict[str, str]]:
+    """Finished jobs from the jobcomp/filetxt log, one `Key=Value ...` line each, in sacct's field names."""
+    if not path.exists():
+        return
+    pair = re.compile(r"(\w+)=(.*?)(?=\s\w+=|\s*$)")
+    for line in path.read_text(errors="replace").splitlines():
+        rec = dict(pair.findall(line))
+        if "JobId" not in rec:
+            continue
+        array_id = rec.get("ArrayJobId", "")
+        yield {
+            "JobID": f"{array_id}_{rec.get('ArrayTaskId', '')}" if array_id else rec["JobId"],
+            "Partition": rec.get("Partition", ""),
+            "State": rec.get("JobState", ""),
+            "NodeList": rec.get("NodeList", ""),
+            "JobName": rec.get("Name", ""),
+            "ExitCode": rec.get("ExitCode", ""),
+        }
+
+
+def _squeue_records(env: dict[str, str]) -> Iterable[dict[str, str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "--states=all", "-o", SQUEUE_FORMAT], env=env, capture_output=True, text=True
+    )
+    for line in out.stdout.splitlines():
+        values = line.split("|", len(SQUEUE_FIELDS) - 1)
+        if len(values) == len(SQUEUE_FIELDS):
+            yield dict(zip(SQUEUE_FIELDS, values, strict=True)) | {"ExitCode": ""}
+
+
+def sacct(argv: Sequence[str]) -> int:
+    """Answer the sacct queries submitit makes (`-o JobID,State,NodeList --parsable2 -j ID ...`).
+
+    The controller's view wins over the jobcomp file: a requeued job has a stale PENDING line there.
+    """
+    parser = argparse.ArgumentParser(prog="sacct", description="sacct stand-in of the local pekd cluster")
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("-o", "--format", default="JobID,JobName,Partition,State,ExitCode,NodeList")
+    parser.add_argument("-j", "--jobs", action="append", default=[])
+    parser.add_argument("-n", "--noheader", action="store_true")
+    parser.add_argument("-P", "--parsable2", action="store_true", help="always on: output is '|'-separated")
+    parser.add_argument("-X", "--allocations", action="store_true", help="always on: no job steps are listed")
+    args = parser.parse_args(argv)
+    fields = [f.split("%")[0] for f in args.format.split(",")]
+    unknown = [f for f in fields if f not in SACCT_FIELDS]
+    if unknown:
+        parser.error(f"unsupported field(s) {unknown}; this stand-in knows {list(SACCT_FIELDS)}")
+    cluster = LocalCluster(args.dir)
+    records: dict[str, dict[str, str]] = {}
+    for rec in _jobcomp_records(cluster.dir / "log" / "jobcomp.txt"):
+        records[rec["JobID"]] = rec
+    for rec in _squeue_records(cluster.env()):
+        records[rec["JobID"]] = rec
+    wanted = {j for arg in args.jobs for j in arg.split(",") if j}
+
+    def selected(job_id: str) -> bool:
+        return not wanted or job_id in wanted or job_id.split("_")[0] in wanted
+
+    def sort_key(job_id: str) -> tuple[int, str]:
+        return int(re.match(r"\d*", job_id).group() or 0), job_id
+
+    if not args.noheader:
+        print("|".join(fields))
+    for job_id in sorted(filter(selected, records), key=sort_key):
+        print("|".join(records[job_id][f] for f in fields))
+    return 0
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sacct"]:
+        return sacct(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("--dir", type=Path, required=True, help="cluster directory (state, logs, sockets)")
+    parser.add_argument("--nodes", type=int, default=1, help="fake nodes, one slurmd each")
+    parser.add_argument("--cpus", type=int, default=max(2, os.cpu_count() or 1), help="CPUs per node")
+    parser.add_argument("--partition", default="debug")
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(args.dir, nodes=args.nodes, cpus=args.cpus, partition=args.partition)
+    try:
+        if args.action == "start":
+            cluster.start()
+            print(f"export SLURM_CONF={cluster.conf} PATH={cluster.dir / 'bin'}:$PATH")
+        elif args.action == "stop":
+            cluster.stop()
+        else:
+            for name, pid in cluster.daemons().items():
+                print(f"{name:24s} {'running, pid ' + str(pid) if pid else 'stopped'}")
+            if not cluster.is_running():
+                return 3
+            print(cluster.run("sinfo", check=False).stdout, end="")
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
