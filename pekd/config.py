@@ -103,6 +103,7 @@ class TrainerConfig:
     eval_every_epochs: int = 1
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs); for tests and benches
     progress: bool = True
+    audit_samples: bool = False  # append every step's sample indices to logs/samples-rank<r>.txt (data audits)
 
 
 @dataclass

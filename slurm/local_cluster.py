@@ -1,4 +1,4 @@
-"""A one-host SLURM cluster for development and tests: `python slurm/local_cluster.py start|stop|status --dir DIR`.
+"""A one-host SLURM cluster for development and tests: `slurm/local_cluster.py start|stop|status --dir DIR`.
 
 Why a real cluster: what the launcher must get right (requeue on USR2, job arrays, a rendezvous across tasks,
 sacct-driven job states) only shows against the real scheduler, and Debian's slurm packages start in well
@@ -6,8 +6,9 @@ under a second. munged, slurmctld and one slurmd per node run as plain backgroun
 (no systemd, no cgroups), with every file - key, sockets, state, logs, pid files - under DIR, so a developer's
 cluster and a test session's can run side by side and `stop` leaves nothing behind.
 
-Fake nodes are named 127.0.0.1, 127.0.0.2, ...: Linux answers on the whole 127/8 block, so each name resolves
-on its own and torch's rendezvous (MASTER_ADDR = first node of SLURM_JOB_NODELIST) works without hosts entries.
+Fake nodes are named 127.0.0.1, 127.0.0.2, ...: Linux answers on the whole 127/8 block, so each name
+resolves on its own and torch's rendezvous (MASTER_ADDR = first node of SLURM_JOB_NODELIST) needs no hosts
+entries.
 
 There is no slurmdbd (it needs MySQL), so `sacct` would fail and submitit could not see job states. Instead
 job ends go to a jobcomp text file, and DIR/bin/sacct - first on PATH in `LocalCluster.env()` - answers
@@ -40,7 +41,6 @@ MAX_DIR_LEN = 55
 SQUEUE_FIELDS = ("JobID", "Partition", "State", "NodeList", "JobName")
 SQUEUE_FORMAT = "%i|%P|%T|%N|%j"
 SACCT_FIELDS = (*SQUEUE_FIELDS, "ExitCode")
-ACTIVE_STATES = "pending,running,suspended,completing,configuring,requeued,resizing"
 
 
 class ClusterError(RuntimeError):
@@ -141,7 +141,7 @@ class LocalCluster:
     # -- helpers ---------------------------------------------------------------------------------------------
 
     def _live_pid(self, pid_file: Path) -> int | None:
-        """The pid in pid_file if that process is alive and is ours (its command line names this directory)."""
+        """The pid in pid_file if that process is alive and ours (its command line names this directory)."""
         try:
             pid = int(pid_file.read_text().strip())
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -363,6 +363,9 @@ def sacct(argv: Sequence[str]) -> int:
     for rec in _jobcomp_records(cluster.dir / "log" / "jobcomp.txt"):
         records[rec["JobID"]] = rec
     for rec in _squeue_records(cluster.env()):
+        old = records.get(rec["JobID"])
+        if old and old["State"] == rec["State"]:  # squeue has no exit code; the file's is for this run
+            rec["ExitCode"] = old["ExitCode"]
         records[rec["JobID"]] = rec
     wanted = {j for arg in args.jobs for j in arg.split(",") if j}
 

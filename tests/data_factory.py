@@ -26,8 +26,8 @@ def make_image_folder(root: Path, split: str = "train", classes: int = 3, per_cl
                       special_every: int = 7, quality: int = 90) -> list[Path]:
     """Write root/<split>/class_<c>/img_<i>.jpg with varied sizes; return the paths in ImageFolder order.
 
-    sizes: (min, max) of height and of width. Every `special_every`-th image is saved grayscale ("L") and the one
-    after it CMYK, because both are common in ImageNet and decoders treat them differently.
+    sizes: (min, max) of height and of width. Every `special_every`-th image is saved grayscale ("L") and the
+    one after it CMYK, because both are common in ImageNet and decoders treat them differently.
     """
     rng = np.random.default_rng(seed)
     paths = []
@@ -51,7 +51,8 @@ def make_image_folder(root: Path, split: str = "train", classes: int = 3, per_cl
 
 def corrupt_jpeg(path: Path) -> None:
     """Replace a file with bytes no decoder accepts (a JPEG start marker followed by garbage)."""
-    path.write_bytes(b"\xff\xd8\xff\xe0" + bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8)))
+    garbage = np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    path.write_bytes(b"\xff\xd8\xff\xe0" + garbage)
 
 
 def make_cifar_folder(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:

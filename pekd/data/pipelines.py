@@ -1,7 +1,7 @@
 """Pick the pipeline named by data.pipeline; every backend yields the same Batches in the same global order.
 
-The backends only differ in who decodes and resizes. The order comes from pekd.data.order and the crop and flip
-of every sample from pekd.data.views, so switching backends (or resuming on another world size) changes
+The backends only differ in who decodes and resizes. The order comes from pekd.data.order and the crop and
+flip of every sample from pekd.data.views, so switching backends (or resuming on another world size) changes
 throughput, not the samples a run sees.
 """
 

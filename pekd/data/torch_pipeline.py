@@ -1,7 +1,7 @@
 """The reference pipeline: torch DataLoader workers decode and apply the given view with torchvision v2.
 
-The batch sampler hands the Dataset (epoch, index) pairs built from `rank_micro_batches`, so workers never keep
-per-epoch state: persistent workers just see new keys, and a resume is a different list of pairs.
+The batch sampler hands the Dataset (epoch, index) pairs built from `rank_micro_batches`, so workers never
+keep per-epoch state: persistent workers just see new keys, and a resume is a different list of pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pekd.errors import PekdError
 
 
 def apply_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """Crop a uint8 CHW image to box (zero outside the image), resize to size x size unless it is, maybe flip."""
+    """Crop uint8 CHW to box (zero outside the image), resize to size x size unless it is, maybe flip."""
     out = F.crop(image, *box)
     if box[2] != size or box[3] != size:
         out = F.resize(out, [size, size], antialias=True)
@@ -32,14 +32,14 @@ def apply_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, 
 
 @dataclass(frozen=True)
 class Corrupt:
-    """A sample whose file could not be read: collated into the batch's skip list instead of crashing a worker."""
+    """A sample whose file could not be read: returned, not raised, so a worker's traceback never hides it."""
 
     path: str
     reason: str
 
 
 class ViewDataset(Dataset):
-    """Map-style dataset keyed by (epoch, index): decodes sample `index` and applies the recipe's view for it."""
+    """Map-style dataset keyed by (epoch, index): decodes sample `index` and applies the recipe's view."""
 
     def __init__(self, source: Source, recipe: Recipe):
         self.source = source
@@ -63,7 +63,8 @@ class ViewDataset(Dataset):
         except (RuntimeError, OSError) as e:
             assert self.source.paths is not None
             return Corrupt(self.source.paths[index], str(e).splitlines()[0] if str(e) else type(e).__name__)
-        v = self.recipe.views(epoch, np.array([index]), np.array([image.shape[1]]), np.array([image.shape[2]]))
+        h, w = image.shape[1:]
+        v = self.recipe.views(epoch, np.array([index]), np.array([h]), np.array([w]))
         out = apply_view(image, v.box(0), bool(v.flip[0]), self.recipe.size)
         return out, int(self.source.labels[index]), index, int(v.view[0])
 
@@ -104,8 +105,8 @@ class CorruptPolicy:
 
     def check(self, bad: Sequence[Corrupt]) -> None:
         if bad and self.on_corrupt == "error":
-            raise PekdError(f"cannot decode image {bad[0].path!r} ({bad[0].reason}); delete or replace the file, "
-                            "or set data.on_corrupt=skip to skip unreadable images")
+            raise PekdError(f"cannot decode image {bad[0].path!r} ({bad[0].reason}); delete or replace the "
+                            "file, or set data.on_corrupt=skip to skip unreadable images")
         self.skipped.extend(b.path for b in bad)
 
 
@@ -142,8 +143,8 @@ class TorchTrainLoader:
 class TorchEvalLoader(Iterable[Batch]):
     """This rank's contiguous eval shard, center-cropped per the eval recipe, last batch kept partial."""
 
-    def __init__(self, source: Source, recipe: Recipe, *, rank: int, world: int, batch_size: int, workers: int,
-                 on_corrupt: str = "error"):
+    def __init__(self, source: Source, recipe: Recipe, *, rank: int, world: int, batch_size: int,
+                 workers: int, on_corrupt: str = "error"):
         shard = eval_shard(len(source), rank, world)
         self.sampler = KeyBatches()
         self.sampler.batches = [[(0, int(i)) for i in shard[s:s + batch_size]]

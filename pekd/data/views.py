@@ -1,16 +1,16 @@
 """Augmentation views: the crop box and flip of each sample, as a pure function of a key.
 
-Every pipeline (torch, FFCV, DALI) asks this module for the view of a sample and only *applies* it, so the same
-(seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank with K views stores
-teacher features of view k of each sample; training then picks k from (seed, epoch, index) and re-creates view k
-exactly from (seed, index, k).
+Every pipeline (torch, FFCV, DALI) asks this module for the view of a sample and only *applies* it, so the
+same (seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank with K views
+stores teacher features of view k of each sample; training then picks k from (seed, epoch, index) and
+re-creates view k exactly from (seed, index, k).
 
-The random numbers come from SplitMix64 run in counter mode over a hash of the key. It is vectorised over whole
-batches of indices in plain numpy, needs no generator object per sample, and its output is fixed by these few lines
-rather than by a library's stream guarantees.
+The random numbers come from SplitMix64 run in counter mode over a hash of the key. It is vectorised over
+whole batches of indices in plain numpy, needs no generator object per sample, and its output is fixed by
+these few lines rather than by a library's stream guarantees.
 
 A box is (top, left, height, width) in the source image's pixels. It may reach outside the image (pad-crop and
-center-crop of small images): those pixels are zero. The box is then resized to size x size unless it already is.
+center-crop of small images): those pixels are zero. The box is then resized to size x size unless it is.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 def uniforms(key: tuple[int | np.ndarray, ...], draws: int) -> np.ndarray:
     """`draws` uniform floats in [0, 1) for each element of the broadcast key: float64 [B, draws].
 
-    The key parts are non-negative integers or int arrays (one entry per sample); equal keys give equal numbers.
+    Key parts are non-negative integers or int arrays (one entry per sample); equal keys give equal numbers.
     """
     parts = np.broadcast_arrays(*(np.atleast_1d(np.asarray(p, dtype=np.int64)) for p in key))
     h = np.zeros(parts[0].shape, dtype=np.uint64)
@@ -77,7 +77,7 @@ class Views:
 def random_resized_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray,
                          scale: tuple[float, float] = RRC_SCALE,
                          ratio: tuple[float, float] = RRC_RATIO) -> tuple[np.ndarray, ...]:
-    """torchvision's RandomResizedCrop.get_params, vectorised: first valid of 10 tries, else the center fallback.
+    """torchvision's RandomResizedCrop.get_params, vectorised: first valid of 10 tries, else center fallback.
 
     u: [B, >= 40] uniforms (4 per try: scale, log-ratio, row, column).
     """
@@ -124,13 +124,13 @@ def center_boxes(heights: np.ndarray, widths: np.ndarray, side: np.ndarray | int
 
 
 def bank_view_ids(seed: int, epoch: int, index: np.ndarray, bank_views: int) -> np.ndarray:
-    """Which of the K stored views each sample shows this epoch: uniform over [0, K), keyed by (seed, epoch, index)."""
+    """Which of the K stored views each sample shows this epoch: uniform, keyed by (seed, epoch, index)."""
     u = uniforms((_TAG_PICK, seed, epoch, index), 1)[:, 0]
     return np.minimum((u * bank_views).astype(np.int64), bank_views - 1)
 
 
 class Recipe(Protocol):
-    """Turns (epoch, indices, image sizes) into views; pipelines hold one and never draw numbers themselves."""
+    """Turns (epoch, indices, image sizes) into views; pipelines hold one and never draw random numbers."""
 
     size: int
 
@@ -193,7 +193,8 @@ class EvalRecipe:
         widths = np.asarray(widths, dtype=np.int64)
         side: np.ndarray | int = self.size
         if self.resize:
-            side = np.maximum(np.round(np.minimum(heights, widths) * self.size / self.resize), 1).astype(np.int64)
+            short = np.minimum(heights, widths)
+            side = np.maximum(np.round(short * self.size / self.resize), 1).astype(np.int64)
         n = len(np.atleast_1d(index))
         return Views(*center_boxes(heights, widths, side), flip=np.zeros(n, dtype=bool),
                      view=np.zeros(n, dtype=np.int64))

@@ -29,7 +29,8 @@ from pekd.errors import PekdError
 # Keys that may differ between a run and its resumption: they change how, not what, is trained.
 RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.max_micro_batch",
                      "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
-                     "data.eval_batch_size", "data.os_cache", "run_dir"}
+                     "data.eval_batch_size", "data.os_cache", "run_dir", "trainer.audit_samples",
+                     "trainer.threads"}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

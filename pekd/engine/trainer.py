@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,13 +207,26 @@ class Trainer:
     def _run_epoch(self, stop: StopSignal, steps: int) -> str:
         env, tc, p = self.env, self.tc, self.progress
         micro_iter = iter(self.train_loader.epoch(p.epoch, p.step_in_epoch))
+        bar = _progress_bar(env.is_main and tc.progress, steps, p.step_in_epoch, f"epoch {p.epoch}")
+        audit = open(self.run_dir / "logs" / f"samples-rank{env.rank}.txt", "a") if tc.audit_samples else None
+        try:
+            return self._steps(stop, steps, micro_iter, bar, audit)
+        finally:
+            _close(bar)
+            if audit is not None:
+                audit.close()
+
+    def _steps(self, stop: StopSignal, steps: int, micro_iter: Any, bar: Any, audit: Any) -> str:
+        env, tc, p = self.env, self.tc, self.progress
         meter: dict[str, torch.Tensor] = {}
         seen = torch.zeros(2, device=self.device, dtype=torch.float64)  # correct, images
         t0 = time.perf_counter()
-        bar = _progress_bar(env.is_main and tc.progress, steps, p.step_in_epoch, f"epoch {p.epoch}")
         while p.step_in_epoch < steps:
             torch.manual_seed(step_seed(self.cfg.seed, env.rank, p.global_step))
             micro = [next(micro_iter) for _ in range(self.plan.accum)]
+            if audit is not None:
+                audit.write(f"{p.epoch} {p.global_step} " + " ".join(str(int(i)) for b in micro for i in b.index)
+                            + "\n")
             terms, correct, n = self.train_step(micro)
             flags = torch.tensor([float(stop.requested), float(not all(torch.isfinite(v).all() for v in
                                                                         terms.values()))], device=self.device)
@@ -241,15 +254,12 @@ class Trainer:
                 self.save_checkpoint()
                 log.info("stop requested: checkpointed at global step %d (epoch %d, step %d); resume by "
                          "restarting the same command", p.global_step, p.epoch, p.step_in_epoch)
-                _close(bar)
                 return "preempted"
             if tc.max_steps and p.global_step >= tc.max_steps:
                 self.save_checkpoint()
-                _close(bar)
                 return "stopped"
             if tc.ckpt_every_steps and p.global_step % tc.ckpt_every_steps == 0 and p.step_in_epoch < steps:
                 self.save_checkpoint()
-        _close(bar)
         self._end_epoch()
         return "running"
 
@@ -299,18 +309,20 @@ class Trainer:
         packed = torch.stack([meter[k].to(torch.float64) for k in names] + list(seen))
         all_reduce_sum(packed)
         n = max(packed[-1].item(), 1.0)
+        p, lr = self.progress, self.optimizer.param_groups[0]["lr"]
+        terms = {k: packed[i].item() / n for i, k in enumerate(names)}
+        ips = n / max(elapsed, 1e-9)
+        log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s", p.epoch,
+                 p.step_in_epoch, self.train_loader.steps_per_epoch, p.global_step, sum(terms.values()),
+                 " ".join(f"{k} {v:.4f}" for k, v in terms.items()), lr, ips)
         if not self.writer:
             return
-        step = self.progress.global_step
-        total = 0.0
-        for i, k in enumerate(names):
-            v = packed[i].item() / n
-            total += v
-            self.writer.add_scalar(f"train/loss_{k}", v, step)
-        self.writer.add_scalar("train/loss", total, step)
-        self.writer.add_scalar("train/top1", 100.0 * packed[-2].item() / n, step)
-        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-        self.writer.add_scalar("train/images_per_s", n / max(elapsed, 1e-9), step)
+        for k, v in terms.items():
+            self.writer.add_scalar(f"train/loss_{k}", v, p.global_step)
+        self.writer.add_scalar("train/loss", sum(terms.values()), p.global_step)
+        self.writer.add_scalar("train/top1", 100.0 * packed[-2].item() / n, p.global_step)
+        self.writer.add_scalar("train/lr", lr, p.global_step)
+        self.writer.add_scalar("train/images_per_s", ips, p.global_step)
 
     def results(self, status: str) -> dict[str, Any]:
         p, cfg = self.progress, self.cfg

@@ -29,9 +29,7 @@ def load_weights(model: nn.Module, path: str, *, config_key: str = "teacher.name
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for corrupt or foreign files
-        first_line = next(iter(str(e).splitlines()), "")
-        raise PekdError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
-                        f"({type(e).__name__}: {first_line})") from e
+        raise PekdError(_unreadable_message(path, e)) from e
     state = _state_dict(obj, path)
     arch = getattr(model, "arch", type(model).__name__)
     bad = _first_bad_key(model.state_dict(), state)
@@ -39,6 +37,18 @@ def load_weights(model: nn.Module, path: str, *, config_key: str = "teacher.name
         raise PekdError(f"checkpoint {path} does not fit model {arch}: first bad key {bad}; "
                         f"check {config_key}")
     model.load_state_dict(state, strict=True)
+
+
+def _unreadable_message(path: str, error: Exception) -> str:
+    """torch's own message is a page of advice; keep what tells the user what to do."""
+    refused = next((line for line in str(error).splitlines() if "Unsupported global:" in line), "")
+    if refused:
+        detail = refused.split("Unsupported global:")[1].split(" was not an allowed global")[0].strip()
+        return (f"checkpoint {path} holds Python objects other than tensors ({detail}), which weights_only "
+                "loading refuses; if you trust the file, re-save only its state dict, e.g. "
+                "torch.save(torch.load(path, weights_only=False)['model'], new_path)")
+    return (f"checkpoint {path} could not be read as a PyTorch checkpoint ({type(error).__name__}); "
+            "is it a complete file written by torch.save?")
 
 
 def _state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
