@@ -119,7 +119,14 @@ class Trainer:
                  p.step_in_epoch, p.global_step)
 
     def save_checkpoint(self) -> None:
-        """Rank 0 writes; every rank waits for nothing (the write is local to rank 0 and atomic)."""
+        """Rank 0 writes atomically; every rank first checks the weights (identical under DDP) are finite, so a
+        diverged step can never overwrite the last good checkpoint."""
+        if not all(bool(torch.isfinite(t).all()) for t in self.module.parameters()):
+            self._write_results("failed")
+            newest = ckpt.list_checkpoints(self.ckpt_dir)
+            raise PekdError(f"non-finite weights after global step {self.progress.global_step}; not checkpointing, "
+                            f"the last good checkpoint {str(newest[0]) if newest else '(none yet)'} is kept; "
+                            "lower trainer.lr or set trainer.grad_clip")
         if not self.env.is_main:
             return
         ckpt.save(self.state_dict(), ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step))

@@ -1,0 +1,289 @@
+"""Submit pekd training runs to SLURM (or run them locally) with submitit.
+
+    python launchers/submit.py [options] [hydra overrides ...]
+    python launchers/submit.py -m method.beta=5,25,100 method.q=1,3     # a sweep: one SLURM job array
+
+One task per GPU (--gpus per node x --nodes); on CPU-only clusters --gpus 0 runs --tasks-per-node tasks per
+node over gloo. Every run gets a run directory fixed now, so a job that is preempted, times out or crashes is
+requeued and resumes there (pekd.launch). Every check that can fail - the overrides, the partition, the
+folder, an existing run directory - runs before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pekd.errors import PekdError, user_errors_exit
+
+
+@dataclass
+class PlannedRun:
+    """One point of the submission: its overrides, composed config and run directory."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    run_dir: Path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Anything else is a Hydra override, e.g. experiment=cifar100_r56_r20.")
+    ap.add_argument("-m", "--multirun", action="store_true",
+                    help="sweep: comma lists and range() in overrides expand to one job array")
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--gpus", type=int, default=1, help="GPUs per node, one task each; 0: CPU tasks over gloo")
+    ap.add_argument("--tasks-per-node", type=int, default=1, help="tasks per node with --gpus 0")
+    ap.add_argument("--cpus-per-gpu", type=int, help="CPUs per task (per GPU; per task with --gpus 0)")
+    ap.add_argument("--mem-per-gpu", type=float, help="memory in GB per GPU (per task with --gpus 0)")
+    ap.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    ap.add_argument("--time", type=int, default=24 * 60, help="time limit per job in minutes; runs that "
+                    "need longer are requeued until done")
+    ap.add_argument("--account")
+    ap.add_argument("--qos")
+    ap.add_argument("--constraint")
+    ap.add_argument("--exclude", help="nodes to avoid, e.g. node[01-03]")
+    ap.add_argument("--job-name", help="default: the config's name, else 'pekd'")
+    ap.add_argument("--folder", type=Path, default=Path("runs"),
+                    help="shared run root: run directories, submitit logs (submitit/), launch records")
+    ap.add_argument("--signal-delay", type=int, default=120,
+                    help="seconds before the time limit at which SLURM sends USR2 (time to checkpoint)")
+    ap.add_argument("--max-requeues", type=int, default=100,
+                    help="time limits/preemptions a run may span (a 100-epoch ImageNet run spans many)")
+    ap.add_argument("--max-failures", type=int, default=3,
+                    help="crashes with the same error in a row before a job stops requeueing")
+    ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit")
+    ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM)")
+    ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_intermixed_args(argv)
+    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.gpus < 0:
+        ap.error("--gpus must be 0 or more")
+    return args
+
+
+def expand_overrides(overrides: list[str], multirun: bool) -> tuple[list[list[str]], list[str]]:
+    """The override list of every point, and the keys that vary (Hydra's own sweep syntax, parsed by Hydra)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise PekdError(f"cannot parse overrides: {' '.join(str(e).split())}") from None
+    choices: list[list[str]] = []
+    swept: list[str] = []
+    for o in parsed:
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+            continue
+        if not multirun:
+            raise PekdError(f"{o.input_line!r} is a sweep; add -m to submit one job per value")
+        if not o.is_discrete_sweep():
+            raise PekdError(f"{o.input_line!r}: only lists (a,b,c) and range() sweeps can be submitted")
+        key = o.get_key_element()
+        choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        swept.append(key)
+    return [list(point) for point in itertools.product(*choices)], swept
+
+
+def point_slug(point: list[str], swept: list[str]) -> str:
+    """A run directory name from the swept values: 'beta=5_q=1' (full keys where last parts collide)."""
+    short = [k.split(".")[-1] for k in swept]
+    names = short if len(set(short)) == len(short) else swept
+    values = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in point}
+    slug = "_".join(f"{n}={values[k]}" for n, k in zip(names, swept, strict=True))
+    return re.sub(r"[^\w.=,+-]", "-", slug)
+
+
+def gpu_requirement(cfg: DictConfig) -> str | None:
+    """Why this config cannot sensibly run without GPUs (None if it can)."""
+    if cfg.trainer.amp == "fp16":
+        return "trainer.amp=fp16 needs CUDA"
+    if cfg.data.pipeline == "dali" and cfg.data.dali_device == "mixed":
+        return "data.dali_device=mixed decodes on the GPU"
+    if cfg.data.source == "imagefolder" and cfg.data.image_size >= 160:
+        return f"an ImageNet-scale recipe ({cfg.data.image_size}px images) would take months on CPUs"
+    return None
+
+
+def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse, before submitting, what the job would refuse after waiting in the queue."""
+    from pekd.engine.rundir import config_differences
+
+    if not (run_dir.is_dir() and any(run_dir.iterdir())) or cfg.on_existing == "overwrite":
+        return
+    if cfg.on_existing == "fail":
+        raise PekdError(f"run directory {str(run_dir)!r} is not empty and on_existing=fail")
+    old_file = run_dir / "config.yaml"
+    if not old_file.is_file():
+        raise PekdError(f"run directory {str(run_dir)!r} is not empty and holds no pekd run (no config.yaml); "
+                        "choose another run_dir or on_existing=overwrite")
+    old = OmegaConf.to_container(OmegaConf.load(old_file), resolve=False)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(old, dict) and isinstance(new, dict)
+    diff = config_differences(old, new)
+    if diff:
+        raise PekdError(f"run directory {str(run_dir)!r} holds a run of another config (differs in "
+                        f"{', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); resubmit with its config, "
+                        "another run_dir, or on_existing=overwrite")
+
+
+def check_folder(folder: Path, dry_run: bool) -> None:
+    """The run root must be writable by this user (and, for SLURM, visible from the compute nodes)."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if dry_run:
+            tempfile.TemporaryFile(dir=probe).close()
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise PekdError(f"--folder {str(folder)!r} is not writable ({e.strerror}); choose another folder") \
+            from None
+
+
+def check_partition(partition: str | None) -> None:
+    if partition is None:
+        return
+    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise PekdError(f"sinfo failed ({out.stderr.strip()}); is this a SLURM login node? (--local runs here)")
+    known = sorted(set(out.stdout.split()))
+    if partition not in known:
+        raise PekdError(f"unknown partition {partition!r}; sinfo lists: {', '.join(known) or '(none)'}")
+
+
+def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
+    """Compose and check every point; returns the runs, the directory to point TensorBoard at, the job name."""
+    from pekd.train import compose_config
+
+    points, swept = expand_overrides(args.overrides, args.multirun)
+    user_run_dir = any(o.split("=", 1)[0].lstrip("+") == "run_dir" for o in args.overrides)
+    if user_run_dir and len(points) > 1:
+        raise PekdError("run_dir= names one run; a sweep gets one run directory per point under --folder")
+    first = compose_config(points[0])
+    job_name = args.job_name or first.name or "pekd"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = args.folder.resolve() / f"{job_name}-{stamp}"
+    runs = []
+    for point in points:
+        cfg = compose_config(point)
+        if user_run_dir:
+            run_dir = Path(str(cfg.run_dir)).resolve()
+        else:
+            run_dir = base / point_slug(point, swept) if len(points) > 1 else base
+        OmegaConf.update(cfg, "run_dir", str(run_dir))
+        OmegaConf.resolve(cfg)  # ${now:...} and ${oc.env:...} mean what they mean now, on every requeue
+        if args.gpus == 0 and (reason := gpu_requirement(cfg)):
+            raise PekdError(f"--gpus 0, but {reason}; submit with --gpus N")
+        check_run_dir(run_dir, cfg)
+        runs.append(PlannedRun(point, cfg, run_dir))
+    if len({r.run_dir for r in runs}) < len(runs):
+        raise PekdError("two sweep points map to the same run directory; make the swept values distinct")
+    return runs, (base if len(runs) > 1 else runs[0].run_dir), job_name
+
+
+def make_executor(args: argparse.Namespace, job_name: str) -> Any:
+    import submitit
+
+    tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
+    try:
+        executor = submitit.AutoExecutor(folder=args.folder.resolve() / "submitit" / "%j",
+                                         cluster="local" if args.local else "slurm",
+                                         slurm_max_num_timeout=args.max_requeues)
+    except RuntimeError as e:  # no srun on PATH
+        raise PekdError(f"{e} (--local runs on this machine instead)") from None
+    params: dict[str, Any] = {"timeout_min": args.time, "tasks_per_node": tasks_per_node, "name": job_name}
+    if args.gpus > 0:
+        params["gpus_per_node"] = args.gpus
+    if args.cpus_per_gpu:
+        params["cpus_per_task"] = args.cpus_per_gpu
+    if not args.local:
+        params |= {"nodes": args.nodes, "slurm_signal_delay_s": args.signal_delay}
+        optional = {"partition": args.partition, "account": args.account, "qos": args.qos,
+                    "constraint": args.constraint, "exclude": args.exclude}
+        params |= {f"slurm_{k}": v for k, v in optional.items() if v}
+        if args.mem_per_gpu and args.gpus > 0:
+            params["slurm_mem_per_gpu"] = f"{args.mem_per_gpu:g}G"
+    if args.mem_per_gpu and (args.gpus == 0 or args.local):
+        params["mem_gb"] = args.mem_per_gpu * tasks_per_node
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(executor: Any, n_jobs: int) -> str:
+    """The script submitit would hand to sbatch (through its renderer, so it is exactly that script)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    inner = executor._executor
+    return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder,
+                               map_count=n_jobs if n_jobs > 1 else None, **inner.parameters)
+
+
+def write_launch_record(folder: Path, job_ids: list[str], runs: list[PlannedRun], argv: list[str]) -> Path:
+    """launches/<job id>.json under the run root: lets pekd.report flag runs that never wrote anything."""
+    record = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": argv,
+              "runs": [{"job_id": j, "run_dir": str(r.run_dir), "overrides": r.overrides}
+                       for j, r in zip(job_ids, runs, strict=True)]}
+    path = folder.resolve() / "launches" / f"{job_ids[0].split('_')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> list[Any]:
+    """Returns the submitted submitit jobs (none for --dry-run), for callers that want to wait on them."""
+    from pekd.launch import TrainJob
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    check_folder(args.folder, args.dry_run)
+    runs, tb_dir, job_name = plan_runs(args)
+    if not args.local:
+        if shutil.which("sbatch") is None and not args.dry_run:
+            raise PekdError("sbatch not found: not on a SLURM login node (--local runs on this machine)")
+        check_partition(args.partition)
+    executor = make_executor(args, job_name)
+    if args.dry_run:
+        for r in runs:
+            print(f"# run {r.run_dir}: {' '.join(r.overrides)}")
+        if not args.local:
+            print(sbatch_script(executor, len(runs)))
+        return []
+    for r in runs:
+        r.run_dir.mkdir(parents=True, exist_ok=True)
+    with executor.batch():
+        jobs = [executor.submit(TrainJob(r.cfg, args.max_failures)) for r in runs]
+    record = write_launch_record(args.folder, [j.job_id for j in jobs], runs, ["launchers/submit.py", *argv])
+    main_id = jobs[0].job_id.split("_")[0]
+    kind = f"job array {main_id} ({len(jobs)} runs)" if len(jobs) > 1 else f"job {main_id}"
+    print(f"submitted {kind}; record {record}")
+    for job, r in zip(jobs, runs, strict=True):
+        print(f"  {job.job_id}: {r.run_dir}")
+    print(f"follow:  tail -f {runs[0].run_dir / 'logs' / 'rank0.log'}\n"
+          f"         tail -f {jobs[0].paths.stderr}\n"
+          f"         tensorboard --logdir {tb_dir}\n"
+          f"results: python -m pekd.report {tb_dir}")
+    return jobs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The SLURM job of one training run (launchers/submit.py submits it; submitit runs it in every task).
+
+A run outlives its jobs: a 100-epoch ImageNet run spans many time limits and preemptions, so the job is a
+`submitit.helpers.Checkpointable` whose only state is the config. Everything else - where training stands - is
+in the run directory, fixed at submission time, and every start resumes from its newest valid checkpoint.
+
+Stopping (SIGUSR2 from SLURM before the time limit, or a preemption): the trainer's handler only sets a flag;
+at the next step boundary the ranks agree, rank 0 checkpoints, and the trainer hands the signal on to submitit's
+handler, which calls `checkpoint()` below and requeues the job. A crash is different: the job requeues itself
+too (a node or network fault goes away), but only until the same error has happened `max_failures` times in a
+row; then it fails with that error in the log instead of burning allocations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from pekd.errors import PekdError
+
+log = logging.getLogger("pekd")
+PORT_RANGE = (20000, 60000)
+FAILURES_FILE = "pekd_failures.json"
+
+
+def restart_count() -> int:
+    """How often SLURM has requeued this job (0 on the first start; the same on every task)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def export_rendezvous() -> None:
+    """Export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch's env:// rendezvous.
+
+    submitit derives the port from the job id alone, so a requeued job would meet at the port its previous
+    incarnation used (possibly still held by a dying process); mixing in the restart count gives every start
+    its own port that all tasks still agree on without talking.
+    """
+    dist_env = submitit.helpers.TorchDistributedEnvironment()
+    seed = f"{submitit.JobEnvironment().job_id}/{restart_count()}"
+    dist_env.master_port = random.Random(seed).randint(*PORT_RANGE)
+    dist_env.export(set_cuda_visible_devices=False, overwrite=True)
+
+
+@dataclass
+class FailureRecord:
+    """Consecutive failures of the same kind, kept next to submitit's files of the job (not in the run
+    directory, which must stay a clean pekd run until the trainer has adopted it)."""
+
+    path: Path
+    signature: str = ""
+    count: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> FailureRecord:
+        try:
+            data = json.loads(path.read_text())
+            return cls(path, str(data["signature"]), int(data["count"]))
+        except (OSError, ValueError, KeyError):
+            return cls(path)
+
+    def add(self, signature: str) -> int:
+        """Count one more failure; a different error starts the count again. Returns the new count."""
+        self.count = self.count + 1 if signature == self.signature else 1
+        self.signature = signature
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"signature": signature, "count": self.count}) + "\n")
+        return self.count
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def failure_signature(error: BaseException) -> str:
+    """What makes two failures 'the same': the exception type and the first line of its message."""
+    first_line = next(iter(str(error).splitlines()), "")
+    return f"{type(error).__name__}: {first_line[:300]}"
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run; the same object is run by every task of the job and resubmitted on requeue."""
+
+    def __init__(self, cfg: DictConfig, max_failures: int = 3) -> None:
+        self.cfg = cfg
+        self.max_failures = max_failures
+
+    def resumable_cfg(self) -> DictConfig:
+        """The config for a restart: always resume (on_existing=overwrite on a restart would move the run's
+        own checkpoints aside, and =fail would refuse them)."""
+        cfg = self.cfg.copy()
+        OmegaConf.update(cfg, "on_existing", "resume")
+        return cfg
+
+    def __call__(self) -> dict[str, Any]:
+        from pekd.engine.distributed import shutdown
+        from pekd.train import run
+
+        export_rendezvous()
+        cfg = self.resumable_cfg() if restart_count() > 0 else self.cfg
+        try:
+            results = run(cfg)
+        except PekdError:
+            raise  # a user error is the same on every try: fail now, with its message
+        except Exception as error:
+            self._requeue_or_raise(error)
+            raise
+        finally:
+            shutdown()
+        if results["status"] == "completed":
+            self._failures().clear()
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's USR2 handler, after the trainer has already checkpointed at a step boundary
+        (or before training started, when there is nothing new to save). The resubmitted job holds no path
+        to a checkpoint: it finds the newest valid one in the run directory when it starts."""
+        return submitit.helpers.DelayedSubmission(TrainJob(self.resumable_cfg(), self.max_failures))
+
+    def _failures(self) -> FailureRecord:
+        return FailureRecord.load(submitit.JobEnvironment().paths.folder / FAILURES_FILE)
+
+    def _requeue_or_raise(self, error: BaseException) -> None:
+        """Rank 0 requeues the whole job after a crash unless this error keeps coming back; other ranks let
+        their error end their task (the requeue restarts them anyway)."""
+        env = submitit.JobEnvironment()
+        if env.global_rank != 0 or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return
+        signature = failure_signature(error)
+        count = self._failures().add(signature)
+        details = traceback.format_exc()
+        if count >= self.max_failures:
+            log.error("job %s failed %d times in a row with %s; not requeueing\n%s", env.job_id, count,
+                      signature, details)
+            return
+        log.error("job %s failed (%d of at most %d times in a row): %s; requeueing\n%s", env.job_id, count,
+                  self.max_failures, signature, details)
+        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
+        sys.exit(1)  # SystemExit passes submitit's error handler: no 'failed' result for a requeued job

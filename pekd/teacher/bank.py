@@ -1,0 +1,167 @@
+"""The feature bank: the frozen teacher's pooled feature for every (view k, sample i), precomputed once.
+
+A bank is a folder:
+
+  features.bin     raw [K, N, d] array (float16 or float32), read through a numpy memmap, so a bank of
+                   1.28M x 2048 x K never has to fit in memory and ranks share the page cache
+  manifest.json    written last, once every row is on disk: what the bank was built from (its "spec") and how
+                   the build went (teacher top-1, time). No manifest, no bank: an interrupted build is refused
+  building.json    the spec of a build in progress (removed when sealed); a resumed build must match it
+  chunks/          one marker per finished chunk of samples (the unit of resume)
+  logs/            the precompute's per-rank logs
+
+Row (k, i) is the teacher's feature of view k of sample i, where view k is the crop and flip the data layer
+re-creates from (seed, i, k) (pekd.data.views). With teacher.mode=bank the pipeline shows view
+`bank_view_ids(seed, epoch, i, K)` of sample i, and the bank serves the matching row: cached and online training
+are the same computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pekd.data.batch import Batch
+from pekd.data.sources import Source
+from pekd.errors import PekdError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+BUILDING = "building.json"
+FEATURES = "features.bin"
+CHUNKS = "chunks"
+
+# Spec fields a bank must share with the run that reads it, and the run setting to look at when one differs.
+CHECKED: dict[str, str] = {
+    "format": "the pekd version that wrote the bank",
+    "teacher.name": "teacher.name",
+    "teacher.weights_sha256": "teacher.weights",
+    "data.name": "data.source",
+    "data.split": "data.source",
+    "data.n": "data.subset / data.root",
+    "data.labels_sha256": "data.subset / data.root",
+    "data.files_sha256": "data.root",
+    "views.augment": "data.augment",
+    "views.image_size": "data.image_size",
+    "views.seed": "seed",
+    "views.K": "bank.views",
+    "dtype": "bank.dtype",
+}
+
+
+def weights_sha256(path: str) -> str:
+    """sha256 of the teacher's weights file: the bank is tied to these exact bytes, not to a file name."""
+    if not path:
+        raise PekdError("teacher.weights is empty: a feature bank is tied to the teacher's weights file; set "
+                        "teacher.weights to the checkpoint the bank is (or will be) built from")
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise PekdError(f"cannot read teacher.weights {path!r} ({e.strerror}); check the path") from None
+
+
+def bank_spec(cfg: Any, source: Source, feature_dim: int) -> dict[str, Any]:
+    """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
+    import pekd
+
+    k, n = int(cfg.bank.views), len(source)
+    return {
+        "format": FORMAT,
+        "pekd_version": pekd.__version__,
+        "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_sha256(cfg.teacher.weights)},
+        "data": source.identity(),
+        "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
+                  "K": k},
+        "dtype": cfg.bank.dtype,
+        "shape": [k, n, int(feature_dim)],
+        "file": FEATURES,
+    }
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in d.items():
+        out.update(_flat(v, f"{prefix}{key}.") if isinstance(v, dict) else {f"{prefix}{key}": v})
+    return out
+
+
+def first_difference(bank: dict[str, Any], run: dict[str, Any], fields: list[str] | None = None) -> str | None:
+    """'field: bank value vs run value (setting)' for the first checked field that differs, else None."""
+    a, b = _flat(bank), _flat(run)
+    for key in fields or list(CHECKED):
+        if a.get(key) != b.get(key):
+            setting = CHECKED.get(key, key)
+            return f"{key} is {a.get(key)!r} in the bank but {b.get(key)!r} for this run (see {setting})"
+    return None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PekdError(f"cannot read {str(path)!r} ({e}); the bank folder is damaged, rebuild it with "
+                        "`python -m pekd.precompute`") from None
+
+
+def open_features(folder: Path, spec: dict[str, Any], mode: str) -> np.memmap:
+    """Map features.bin with the spec's shape and dtype, refusing a file of the wrong size (truncated copy)."""
+    path = folder / FEATURES
+    shape = tuple(int(s) for s in spec["shape"])
+    dtype = np.dtype(spec["dtype"])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size if path.is_file() else -1
+    if size != expected:
+        raise PekdError(f"{str(path)!r} has {size} bytes, a {list(shape)} {dtype} bank needs {expected}; "
+                        "the file is missing or truncated, rebuild the bank with `python -m pekd.precompute`")
+    return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+
+
+class BankTeacher:
+    """Serves the teacher feature of a batch by gathering rows (view, index) from the bank; no logits."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder, self.manifest = folder, manifest
+        self.features = open_features(folder, manifest, "r")
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["shape"][2])
+
+    @classmethod
+    def open(cls, folder: str | Path, cfg: Any, source: Source) -> BankTeacher:
+        """Open a sealed bank and check it was built for this run; any mismatch is one PekdError naming it."""
+        from pekd.models import feature_dim
+
+        path = Path(folder).resolve()
+        rebuild = (f"build one with `python -m pekd.precompute <this run's overrides> teacher.bank={path}` "
+                   f"(or point teacher.bank at a bank built for this run)")
+        if not (path / MANIFEST).is_file():
+            if (path / BUILDING).is_file():
+                done = len(list((path / CHUNKS).glob("*.json")))
+                raise PekdError(f"feature bank {str(path)!r} is incomplete (no sealed manifest; {done} chunks "
+                                "finished): its precompute was interrupted; re-run the same `python -m "
+                                "pekd.precompute ...` command to finish it (finished chunks are kept)")
+            raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); {rebuild}")
+        manifest = read_json(path / MANIFEST)
+        run = bank_spec(cfg, source, feature_dim(cfg.teacher.name, source.num_classes))
+        diff = first_difference(manifest, run)
+        if diff:
+            raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "
+                            f"this run: {rebuild}")
+        return cls(path, manifest)
+
+    def read(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
+        """Rows (view[j], index[j]): one gather from the memmap, in the bank's dtype."""
+        return self.features[view, index]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, None]:
+        """The batch's teacher features as float32 on the images' device (upcasting fp16 is exact)."""
+        rows = self.read(batch.index.cpu().numpy(), batch.view.cpu().numpy())
+        return torch.from_numpy(rows).to(images.device, non_blocking=True).float(), None

@@ -1,0 +1,330 @@
+"""Build a feature bank: the frozen teacher over every (sample, view), sharded over ranks and resumable.
+
+The teacher runs exactly as the online teacher does inside the trainer (eval mode, no grad, the run's AMP
+setting and memory format) on exactly the tensors the student gets: the torch pipeline's own ViewDataset decodes
+and applies view k of sample i, and the images are normalised with the trainer's expression. Samples are cut into
+chunks of bank.chunk; a chunk's rows (all K views) are flushed to disk before its marker is written atomically,
+so a killed build restarts where it stopped, on any number of ranks. Rank 0 seals the manifest last, after a
+barrier; until then the bank is refused by training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from pekd.data.batch import Batch
+from pekd.data.sources import Source, build_source
+from pekd.data.views import EvalRecipe, TrainRecipe, bank_view_ids
+from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
+from pekd.errors import PekdError
+from pekd.teacher.bank import (BUILDING, CHECKED, CHUNKS, FEATURES, MANIFEST, bank_spec, first_difference,
+                               open_features, read_json)
+
+log = logging.getLogger("pekd")
+
+# A partial build may only be resumed by a build that would write the same bytes.
+RESUME_CHECKED = [*CHECKED, "shape", "chunk", "precision.amp", "precision.channels_last"]
+
+
+def replay_epochs(seed: int, index: np.ndarray, view: int, views: int) -> np.ndarray:
+    """For each sample, an epoch in which training shows its view `view`.
+
+    The data layer draws view k of sample i from (seed, i, k) alone, whatever the epoch; keying the torch
+    pipeline's dataset with such an epoch makes it produce view k through the very code the trainer runs, so
+    the bank cannot drift from what the student sees. Each epoch hits a given view with probability 1/K, so the
+    search ends after about K * ln(len(index)) vectorised rounds.
+    """
+    epochs = np.full(len(index), -1, dtype=np.int64)
+    todo = np.arange(len(index))
+    epoch = 0
+    while todo.size:
+        hit = bank_view_ids(seed, epoch, index[todo], views) == view
+        epochs[todo[hit]] = epoch
+        todo = todo[~hit]
+        epoch += 1
+    return epochs
+
+
+class FrozenTeacher:
+    """The teacher as the trainer runs it: uint8 -> (x - mean) / std, memory format, autocast, eval, no grad."""
+
+    def __init__(self, model: nn.Module, source: Source, device: torch.device, amp: str, channels_last: bool):
+        from pekd.engine.trainer import amp_dtype
+
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().requires_grad_(False).to(device, memory_format=self.memory_format)
+        self.device = device
+        self.dtype = amp_dtype(amp, device)
+        self.mean = torch.tensor(source.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(source.std, device=device).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch.images.to(self.device, non_blocking=True)
+        x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return self.model(x)
+
+
+def load_teacher(cfg: Any, source: Source, env: DistEnv) -> FrozenTeacher:
+    from pekd.models import build_model, load_weights
+
+    if not cfg.teacher.name:
+        raise PekdError("precompute needs a teacher: set teacher.name and teacher.weights (or teacher=<config>)")
+    if not cfg.teacher.bank:
+        raise PekdError("precompute needs teacher.bank=<folder> to write the feature bank into")
+    model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
+    load_weights(model, cfg.teacher.weights)
+    return FrozenTeacher(model, source, env.device, cfg.trainer.amp, cfg.trainer.channels_last)
+
+
+def build_spec(cfg: Any, source: Source, teacher: FrozenTeacher) -> dict[str, Any]:
+    """The bank's spec plus what only the build needs to agree on (chunking and the teacher's precision)."""
+    spec = bank_spec(cfg, source, int(teacher.model.feature_dim))
+    spec["chunk"] = int(cfg.bank.chunk)
+    spec["precision"] = {"amp": cfg.trainer.amp, "channels_last": bool(cfg.trainer.channels_last)}
+    return spec
+
+
+def chunk_rows(chunk: int, size: int, n: int) -> np.ndarray:
+    return np.arange(chunk * size, min((chunk + 1) * size, n), dtype=np.int64)
+
+
+def marker(folder: Path, chunk: int) -> Path:
+    return folder / CHUNKS / f"{chunk:07d}.json"
+
+
+def prepare_folder(folder: Path, spec: dict[str, Any]) -> str:
+    """Rank 0: 'sealed' (nothing to do), 'resume' (a matching partial build) or 'new' (empty bank laid out)."""
+    where = f"feature bank folder {str(folder)!r}"
+    if (folder / MANIFEST).is_file():
+        diff = first_difference(read_json(folder / MANIFEST), spec)
+        if diff:
+            raise PekdError(f"{where} already holds a finished bank of another run ({diff}); choose another "
+                            "teacher.bank, or delete the folder to rebuild it")
+        return "sealed"
+    if (folder / BUILDING).is_file():
+        diff = first_difference(read_json(folder / BUILDING), spec, RESUME_CHECKED)
+        if diff:
+            raise PekdError(f"{where} holds an unfinished build of another config ({diff}); resume it with its "
+                            "own settings, choose another teacher.bank, or delete the folder")
+        open_features(folder, spec, "r")  # refuses a truncated file before any rank writes into it
+        return "resume"
+    if folder.exists() and any(folder.iterdir()):
+        raise PekdError(f"{where} is not empty and holds no bank; choose an empty or new folder")
+    (folder / CHUNKS).mkdir(parents=True, exist_ok=True)
+    k, n, d = spec["shape"]
+    with open(folder / FEATURES, "wb") as f:  # sparse: pages appear as ranks write their rows
+        f.truncate(k * n * d * np.dtype(spec["dtype"]).itemsize)
+    atomic_write_bytes(folder / BUILDING, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
+    return "new"
+
+
+def view_loader(source: Source, cfg: Any, views: int, batches: list[list[tuple[int, int]]]) -> Iterator[Batch]:
+    """Batches keyed (epoch, index) through the torch pipeline's ViewDataset, exactly as training reads them."""
+    from pekd.data.torch_pipeline import CorruptPolicy, KeyBatches, ViewDataset, make_loader
+
+    recipe = TrainRecipe(cfg.data.augment, cfg.data.image_size, cfg.seed, views)
+    sampler = KeyBatches()
+    sampler.batches = batches
+    corrupt = CorruptPolicy(cfg.data.on_corrupt)
+    for batch, bad in make_loader(ViewDataset(source, recipe), sampler, cfg.data.workers):
+        corrupt.check(bad)
+        yield batch
+
+
+def work_plan(chunks: list[int], size: int, n: int, seed: int, views: int,
+              batch_size: int) -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
+    """Loader keys for every (chunk, view), cut into batches, and the (chunk, view) each batch belongs to."""
+    batches, owner = [], []
+    for c in chunks:
+        rows = chunk_rows(c, size, n)
+        for k in range(views):
+            keys = list(zip(replay_epochs(seed, rows, k, views).tolist(), rows.tolist(), strict=True))
+            for s in range(0, len(keys), batch_size):
+                batches.append(keys[s:s + batch_size])
+                owner.append((c, k))
+    return batches, owner
+
+
+def to_bank_dtype(feat: torch.Tensor, dtype: str) -> np.ndarray:
+    out = feat.float().to(getattr(torch, dtype))
+    if not torch.isfinite(out).all():
+        raise PekdError(f"teacher features are not finite in {dtype} (largest |f| = {feat.float().abs().max():.4g});"
+                        " float16 holds at most 65504: use bank.dtype=float32")
+    return out.cpu().numpy()
+
+
+def pending_chunks(folder: Path, spec: dict[str, Any]) -> list[int]:
+    """Chunks without a marker: the work left (a chunk killed half-way has none and is computed again)."""
+    return [c for c in range(math.ceil(spec["shape"][1] / spec["chunk"])) if not marker(folder, c).is_file()]
+
+
+def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeacher, spec: dict[str, Any],
+                   pending: list[int], env: DistEnv) -> tuple[int, float]:
+    """This rank's share of the unfinished chunks (round robin); returns (images computed, seconds)."""
+    from tqdm import tqdm
+
+    views, n, size = int(cfg.bank.views), len(source), int(cfg.bank.chunk)
+    total = math.ceil(n / size)
+    if len(pending) < total:
+        log.info("resuming: %d of %d chunks already finished, skipped", total - len(pending), total)
+    mine = pending[env.rank::env.world]
+    log.info("computing %d chunks (%d samples x %d views) on %d rank(s); this rank: %d chunks", len(pending),
+             n, views, env.world, len(mine))
+    batches, owner = work_plan(mine, size, n, cfg.seed, views, cfg.data.eval_batch_size)
+    left: dict[int, int] = {}
+    for c, _ in owner:
+        left[c] = left.get(c, 0) + 1
+    features = open_features(folder, spec, "r+")
+    images = sum(len(b) for b in batches)
+    bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
+               disable=not (env.is_main and cfg.trainer.progress))
+    t0 = time.perf_counter()
+    for batch, (c, k) in zip(view_loader(source, cfg, views, batches), owner, strict=True):
+        assert bool((batch.view == k).all()), "the data layer must replay view k for the keys replay_epochs chose"
+        feat, _ = teacher(batch)
+        features[k, batch.index.numpy()] = to_bank_dtype(feat, spec["dtype"])
+        bar.update(len(batch))
+        left[c] -= 1
+        if left[c] == 0:
+            features.flush()  # the rows are on disk before the marker says so
+            rows = chunk_rows(c, size, n)
+            atomic_write_bytes(marker(folder, c), json.dumps(
+                {"chunk": c, "rows": [int(rows[0]), int(rows[-1]) + 1], "rank": env.rank}).encode())
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if images:
+        log.info("rank %d: %d images in %.1f s (%.0f images/s)", env.rank, images, seconds, images / seconds)
+    return images, seconds
+
+
+@torch.no_grad()
+def teacher_top1(cfg: Any, teacher: FrozenTeacher, env: DistEnv) -> tuple[float, dict[str, object]]:
+    """The teacher's top-1 (%) on the eval split, each rank on its shard; a bank records what it was built from."""
+    from pekd.data.torch_pipeline import TorchEvalLoader
+
+    val = build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed)
+    loader = TorchEvalLoader(val, EvalRecipe(cfg.data.image_size, cfg.data.eval_resize), rank=env.rank,
+                             world=env.world, batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers,
+                             on_corrupt=cfg.data.on_corrupt)
+    counts = torch.zeros(2, dtype=torch.float64, device=env.device)
+    for batch in loader:
+        _, logits = teacher(batch)
+        hit = (logits.argmax(1) == batch.labels.to(env.device)).sum()
+        counts += torch.stack([hit.to(torch.float64), torch.tensor(float(len(batch)), device=env.device,
+                                                                    dtype=torch.float64)])
+    all_reduce_sum(counts)
+    return 100.0 * counts[0].item() / max(counts[1].item(), 1.0), val.identity()
+
+
+def seal(folder: Path, spec: dict[str, Any], top1: float, val: dict[str, object], rate: float | None,
+         world: int) -> dict[str, Any]:
+    """Rank 0, after every rank's barrier: check every chunk is done, then write the manifest (the bank exists)."""
+    missing = pending_chunks(folder, spec)
+    if missing:
+        raise PekdError(f"feature bank {str(folder)!r}: chunks {missing[:5]} have no marker after every rank "
+                        "finished; re-run the same precompute command to compute them")
+    manifest = dict(spec)
+    manifest["teacher"] = {**spec["teacher"], "top1": round(top1, 4)}
+    manifest["eval"] = val
+    manifest["build"] = {"ranks": world, "images_per_s_rank0": rate, "torch": torch.__version__,
+                         "sealed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    (folder / BUILDING).unlink()
+    return manifest
+
+
+def precompute(cfg: Any) -> dict[str, Any]:
+    """Build (or finish) the bank at cfg.teacher.bank on every rank; returns the sealed manifest."""
+    from pekd.engine.logs import setup_logging
+
+    env = init_distributed()
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
+    teacher = load_teacher(cfg, source, env)
+    folder = Path(str(broadcast_object(str(Path(cfg.teacher.bank).resolve()))))
+    spec = build_spec(cfg, source, teacher)
+    outcome: tuple[str | None, list[int]] = (None, [])
+    if env.is_main:  # rank 0 alone lays out the folder and lists what is left, before any rank writes a marker
+        try:
+            state = prepare_folder(folder, spec)
+            outcome = (None, [] if state == "sealed" else pending_chunks(folder, spec))
+        except PekdError as e:
+            outcome = (str(e), [])
+    problem, pending = cast(tuple[str | None, list[int]], broadcast_object(outcome))
+    if problem:
+        raise PekdError(problem)
+    setup_logging(folder, env.rank)
+    if (folder / MANIFEST).is_file():
+        log.info("feature bank %s is complete and matches this config; nothing to do", folder)
+        return read_json(folder / MANIFEST)
+    images, seconds = compute_chunks(cfg, folder, source, teacher, spec, pending, env)
+    top1, val = teacher_top1(cfg, teacher, env)
+    barrier()
+    manifest: dict[str, Any] = {}
+    if env.is_main:
+        manifest = seal(folder, spec, top1, val, round(images / seconds, 1) if images else None, env.world)
+        log.info("sealed %s: %s %s bank of %s, teacher top-1 %.2f%% on %s/%s", folder, "x".join(
+            str(s) for s in spec["shape"]), spec["dtype"], spec["teacher"]["name"], top1, val["name"], val["split"])
+    barrier()
+    return manifest
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def dry_run(cfg: Any, sample_batches: int = 4) -> str:
+    """The bank's size, and its precompute time extrapolated from timing a few real batches (writes nothing)."""
+    env = DistEnv(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
+    teacher = load_teacher(cfg, source, env)
+    spec = build_spec(cfg, source, teacher)
+    k, n, d = spec["shape"]
+    size = k * n * d * np.dtype(spec["dtype"]).itemsize
+    bs = cfg.data.eval_batch_size
+    batches, _ = work_plan([0], min(n, bs * sample_batches), n, cfg.seed, k, bs)
+    batches = batches[:1] + batches[:sample_batches]  # the first pass pays for warm-up and is not timed
+    timed, t0 = 0, 0.0
+    for j, batch in enumerate(view_loader(source, cfg, k, batches)):
+        if j == 1:
+            t0 = time.perf_counter()
+        feat, _ = teacher(batch)
+        to_bank_dtype(feat, spec["dtype"])
+        timed += len(batch) if j else 0
+    rate = timed / (time.perf_counter() - t0)
+    val_n = len(build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed))
+    seconds = (k * n + val_n) / rate
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return "\n".join([
+        f"feature bank {Path(cfg.teacher.bank).resolve() if cfg.teacher.bank else '(teacher.bank unset)'}",
+        f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)}"
+        f" in {FEATURES}, {math.ceil(n / spec['chunk'])} chunks of {spec['chunk']}",
+        f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} seed={cfg.seed}; "
+        f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}",
+        f"  measured {rate:.0f} images/s on one {env.device.type} process ({timed} images, batch {bs})",
+        f"  expected precompute: {k} x {n} + {val_n} eval images = {seconds / 60:.1f} min on 1 process"
+        + (f", about {seconds / 60 / world:.1f} min on {world} processes" if world > 1 else ""),
+    ])
