@@ -91,7 +91,7 @@ class TrainerConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_gamma: float = 0.1
     lr_scaling: str = "none"  # none | linear (lr * global_batch / 256)
-    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32) | bf16 | fp16 | off
     channels_last: bool = True
     grad_clip: float = 0.0  # max grad norm (0 = off)
     sync_bn: bool = False

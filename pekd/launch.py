@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import signal
 import subprocess
 import sys
 import traceback
@@ -118,6 +119,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             shutdown()
         if results["status"] == "completed":
             self._failures().clear()
+            # A time-limit USR2 arriving now would find no handler once Python starts shutting down (it
+            # restores the default action, which kills) and turn a finished run into a FAILED job; an ignored
+            # signal stays ignored through shutdown.
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         return results
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,13 @@ def group_rows(runs: list[Run]) -> list[Row]:
         parts = [f"{k.split('.')[-1]}={cfg.get(k)}" for k in varying if k not in ("name", "paper_top1")]
         name = cfg.get("name") or members[0].path.name
         rows.append(Row(f"{name}" + (f" ({', '.join(parts)})" if parts else ""), members))
-    return sorted(rows, key=lambda r: r.label)
+    return sorted(rows, key=lambda r: _natural(r.label))
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key that puts beta=5 before beta=25: numbers compare as numbers (they sit at odd positions)."""
+    parts: list[Any] = re.split(r"(\d+(?:\.\d+)?)", text)
+    return [float(p) if i % 2 else p for i, p in enumerate(parts)]
 
 
 def markdown(rows: list[Row], flagged: list[Run], root: Path) -> str:
@@ -148,11 +155,11 @@ def plot(rows: list[Row], path: Path) -> None:
         if values:
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             ax.bar(i, statistics.mean(values), yerr=std, color="tab:blue", capsize=4,
-                   label="pekd (mean ± std over seeds)" if i == 0 else None)
+                   label="pekd (mean ± std over seeds)")
         if row.paper():
             ax.plot(i, row.paper(), "r_", markersize=22, mew=3, label="paper")
     handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
+    unique = dict(zip(labels, handles, strict=True))  # one legend entry per kind, not per row
     if unique:
         ax.legend(unique.values(), unique.keys(), loc="lower right")
     ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=30, ha="right", fontsize=8)

@@ -5,8 +5,8 @@ Order: a TraversalOrder hands FFCV this rank's flat index list from `rank_micro_
 
 Views: FFCV's RandomResizedCrop decoder draws from numba's global RNG, which cannot be replayed. Here a jitted
 decoder only decodes each record into a scratch buffer; the next, non-jitted operation asks pekd.data.views for
-the batch's crop boxes and flips (it knows the record ids and the current epoch) and runs a parallel numba kernel
-that crops (zero outside the image), resizes with FFCV's own OpenCV INTER_AREA resize, and flips.
+the batch's crop boxes and flips (it knows the record ids and the current epoch), then crops (zero outside the
+image), resizes with OpenCV's INTER_AREA (as FFCV's own decoders do) and flips, on a thread pool.
 
 The .beton stores each record's source index and original size: views are drawn in original-image pixels,
 exactly as the torch pipeline does, and scaled to the stored image when write_dataset downscaled it.
@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numba
+import cv2
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.libffcv import imdecode, memcpy, resize_crop
+from ffcv.libffcv import imdecode, memcpy
 from ffcv.loader import Loader
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
@@ -79,32 +80,26 @@ def check_beton(path: str, source: Source, key: str) -> None:
                         f"{want['source']}; point {key} at the matching file or {write}")
 
 
-@numba.njit(nogil=True, cache=True)
-def _crop_resize(image: np.ndarray, top: int, left: int, height: int, width: int, out: np.ndarray) -> None:
-    """Crop image[top:top+height, left:left+width] (zeros outside) and resize it into out (INTER_AREA)."""
-    h, w = image.shape[0], image.shape[1]
-    if top >= 0 and left >= 0 and top + height <= h and left + width <= w:
-        resize_crop(image, top, top + height, left, left + width, out)
+def crop_resize_flip(image: np.ndarray, box: np.ndarray, flip: bool, out: np.ndarray) -> None:
+    """Crop image (H x W x 3) to box = (top, left, h, w), zeros outside, resize into out (INTER_AREA), flip.
+
+    OpenCV releases the GIL, so a thread pool runs these in parallel without compiling anything.
+    """
+    top, left, height, width = (int(x) for x in box)
+    h, w = image.shape[:2]
+    r0, r1, c0, c1 = max(top, 0), min(top + height, h), max(left, 0), min(left + width, w)
+    if (r0, r1, c0, c1) == (top, top + height, left, left + width):
+        crop = image[top:top + height, left:left + width]
+    else:
+        crop = np.zeros((height, width, 3), dtype=np.uint8)
+        if r0 < r1 and c0 < c1:
+            crop[r0 - top:r1 - top, c0 - left:c1 - left] = image[r0:r1, c0:c1]
+    if crop.shape[:2] == out.shape[:2]:
+        out[...] = crop[:, ::-1] if flip else crop
         return
-    padded = np.zeros((height, width, 3), dtype=np.uint8)
-    r0, r1 = max(top, 0), min(top + height, h)
-    c0, c1 = max(left, 0), min(left + width, w)
-    if r0 < r1 and c0 < c1:
-        padded[r0 - top:r1 - top, c0 - left:c1 - left] = image[r0:r1, c0:c1]
-    resize_crop(padded, 0, height, 0, width, out)
-
-
-@numba.njit(nogil=True, parallel=True, cache=True)
-def _apply_views(scratch: np.ndarray, heights: np.ndarray, widths: np.ndarray, boxes: np.ndarray,
-                 flips: np.ndarray, out: np.ndarray) -> None:
-    """For each k: the decoded image in scratch[k] (heights[k] x widths[k] x 3), boxes[k] = (t, l, h, w)."""
-    for k in numba.prange(len(boxes)):
-        h, w = heights[k], widths[k]
-        image = scratch[k][:h * w * 3].reshape(h, w, 3)
-        _crop_resize(image, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], out[k])
-        if flips[k]:
-            row = out[k]
-            row[:, :, :] = row[:, ::-1, :].copy()
+    cv2.resize(crop, out.shape[1::-1], dst=out, interpolation=cv2.INTER_AREA)
+    if flip:
+        cv2.flip(out, 1, dst=out)
 
 
 class DecodeFull(Operation):
@@ -139,8 +134,9 @@ class DecodeFull(Operation):
 class ApplyViews(Operation):
     """Crop, resize and flip each decoded record by the view pekd.data.views gives it this epoch."""
 
-    def __init__(self, recipe: Recipe, orig_heights: np.ndarray, orig_widths: np.ndarray):
+    def __init__(self, recipe: Recipe, orig_heights: np.ndarray, orig_widths: np.ndarray, threads: int):
         super().__init__()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pekd-ffcv-views")
         self.recipe = recipe
         self.orig_heights, self.orig_widths = orig_heights, orig_widths
         self.epoch = 0
@@ -161,7 +157,8 @@ class ApplyViews(Operation):
             boxes = np.stack([np.floor(v.top * fy + 0.5), np.floor(v.left * fx + 0.5),
                               np.maximum(np.round(v.height * fy), 1), np.maximum(np.round(v.width * fx), 1)],
                              axis=1).astype(np.int64)
-            _apply_views(scratch, sh, sw, boxes, v.flip, out[:len(idx)])
+            images = [scratch[k][:sh[k] * sw[k] * 3].reshape(sh[k], sw[k], 3) for k in range(len(idx))]
+            list(self.pool.map(crop_resize_flip, images, boxes, v.flip, out[:len(idx)]))
             return out[:len(idx)]
 
         apply.with_indices = True
@@ -191,7 +188,7 @@ class FfcvReader:
         self.in_chans = source.in_chans
         self.order = GlobalOrder(order.astype(np.uint64))
         orig = self._original_sizes(path)
-        self.views = ApplyViews(recipe, *orig)
+        self.views = ApplyViews(recipe, *orig, threads=max(1, workers))
         try:
             self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
                                  order=self.order, drop_last=drop_last,

@@ -51,10 +51,11 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # PEKD_DIST_BACKEND=gloo lets several ranks share one GPU (NCCL refuses duplicate devices), e.g. in checks.
+        backend = os.environ.get("PEKD_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if backend == "nccl" else None)
     return DistEnv(rank, world, local_rank, device)
 
 

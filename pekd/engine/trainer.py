@@ -45,11 +45,14 @@ class Progress:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CPU (about 2x fp32 here), fp16 with a GradScaler on CUDA."""
+    """auto: fp16 with a GradScaler on CUDA; on CPU bf16 only where oneDNN has native bf16 kernels (AVX-512 BF16 /
+    AMX): on an AVX2-only CPU bf16 is emulated and measured 10x+ slower than fp32 (bench/amp_cpu.py)."""
     if setting == "off":
         return None
     if setting == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     if setting == "fp16" and device.type != "cuda":
         raise PekdError("trainer.amp=fp16 needs CUDA (CPU autocast supports bf16); use trainer.amp=bf16 or auto")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]

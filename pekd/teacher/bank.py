@@ -135,8 +135,13 @@ class BankTeacher:
 
     @classmethod
     def open(cls, folder: str | Path, cfg: Any, source: Source) -> BankTeacher:
-        """Open a sealed bank and check it was built for this run; any mismatch is one PekdError naming it."""
-        from pekd.models import feature_dim
+        """Open a sealed bank and check it was built for this run; any mismatch is one PekdError naming it.
+
+        The run's teacher is built and its weights loaded as in online mode, but only to be checked: the
+        checkpoint must fit teacher.name (same error as online), and building it draws the same random numbers
+        as online mode does, so the projectors built next start from the same weights in both modes.
+        """
+        from pekd.models import build_model, load_weights
 
         path = Path(folder).resolve()
         rebuild = (f"build one with `python -m pekd.precompute <this run's overrides> teacher.bank={path}` "
@@ -149,7 +154,9 @@ class BankTeacher:
                                 "pekd.precompute ...` command to finish it (finished chunks are kept)")
             raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); {rebuild}")
         manifest = read_json(path / MANIFEST)
-        run = bank_spec(cfg, source, feature_dim(cfg.teacher.name, source.num_classes))
+        model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
+        load_weights(model, cfg.teacher.weights)
+        run = bank_spec(cfg, source, int(model.feature_dim))
         diff = first_difference(manifest, run)
         if diff:
             raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "

@@ -29,13 +29,12 @@ from pekd.data.views import EvalRecipe, TrainRecipe, bank_view_ids
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from pekd.errors import PekdError
-from pekd.teacher.bank import (BUILDING, CHECKED, CHUNKS, FEATURES, MANIFEST, bank_spec, first_difference,
-                               open_features, read_json)
+from pekd.teacher import bank
 
 log = logging.getLogger("pekd")
 
 # A partial build may only be resumed by a build that would write the same bytes.
-RESUME_CHECKED = [*CHECKED, "shape", "chunk", "precision.amp", "precision.channels_last"]
+RESUME_CHECKED = [*bank.CHECKED, "shape", "chunk", "precision.amp", "precision.channels_last"]
 
 
 def replay_epochs(seed: int, index: np.ndarray, view: int, views: int) -> np.ndarray:
@@ -92,7 +91,7 @@ def load_teacher(cfg: Any, source: Source, env: DistEnv) -> FrozenTeacher:
 
 def build_spec(cfg: Any, source: Source, teacher: FrozenTeacher) -> dict[str, Any]:
     """The bank's spec plus what only the build needs to agree on (chunking and the teacher's precision)."""
-    spec = bank_spec(cfg, source, int(teacher.model.feature_dim))
+    spec = bank.bank_spec(cfg, source, int(teacher.model.feature_dim))
     spec["chunk"] = int(cfg.bank.chunk)
     spec["precision"] = {"amp": cfg.trainer.amp, "channels_last": bool(cfg.trainer.channels_last)}
     return spec
@@ -103,32 +102,32 @@ def chunk_rows(chunk: int, size: int, n: int) -> np.ndarray:
 
 
 def marker(folder: Path, chunk: int) -> Path:
-    return folder / CHUNKS / f"{chunk:07d}.json"
+    return folder / bank.CHUNKS / f"{chunk:07d}.json"
 
 
 def prepare_folder(folder: Path, spec: dict[str, Any]) -> str:
     """Rank 0: 'sealed' (nothing to do), 'resume' (a matching partial build) or 'new' (empty bank laid out)."""
     where = f"feature bank folder {str(folder)!r}"
-    if (folder / MANIFEST).is_file():
-        diff = first_difference(read_json(folder / MANIFEST), spec)
+    if (folder / bank.MANIFEST).is_file():
+        diff = bank.first_difference(bank.read_json(folder / bank.MANIFEST), spec)
         if diff:
             raise PekdError(f"{where} already holds a finished bank of another run ({diff}); choose another "
                             "teacher.bank, or delete the folder to rebuild it")
         return "sealed"
-    if (folder / BUILDING).is_file():
-        diff = first_difference(read_json(folder / BUILDING), spec, RESUME_CHECKED)
+    if (folder / bank.BUILDING).is_file():
+        diff = bank.first_difference(bank.read_json(folder / bank.BUILDING), spec, RESUME_CHECKED)
         if diff:
             raise PekdError(f"{where} holds an unfinished build of another config ({diff}); resume it with its "
                             "own settings, choose another teacher.bank, or delete the folder")
-        open_features(folder, spec, "r")  # refuses a truncated file before any rank writes into it
+        bank.open_features(folder, spec, "r")  # refuses a truncated file before any rank writes into it
         return "resume"
     if folder.exists() and any(folder.iterdir()):
         raise PekdError(f"{where} is not empty and holds no bank; choose an empty or new folder")
-    (folder / CHUNKS).mkdir(parents=True, exist_ok=True)
+    (folder / bank.CHUNKS).mkdir(parents=True, exist_ok=True)
     k, n, d = spec["shape"]
-    with open(folder / FEATURES, "wb") as f:  # sparse: pages appear as ranks write their rows
+    with open(folder / bank.FEATURES, "wb") as f:  # sparse: pages appear as ranks write their rows
         f.truncate(k * n * d * np.dtype(spec["dtype"]).itemsize)
-    atomic_write_bytes(folder / BUILDING, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(folder / bank.BUILDING, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
     return "new"
 
 
@@ -188,7 +187,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     left: dict[int, int] = {}
     for c, _ in owner:
         left[c] = left.get(c, 0) + 1
-    features = open_features(folder, spec, "r+")
+    features = bank.open_features(folder, spec, "r+")
     images = sum(len(b) for b in batches)
     bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
                disable=not (env.is_main and cfg.trainer.progress))
@@ -231,7 +230,7 @@ def teacher_top1(cfg: Any, teacher: FrozenTeacher, env: DistEnv) -> tuple[float,
 
 
 def seal(folder: Path, spec: dict[str, Any], top1: float, val: dict[str, object], rate: float | None,
-         world: int) -> dict[str, Any]:
+         world: int) -> None:
     """Rank 0, after every rank's barrier: check every chunk is done, then write the manifest (the bank exists)."""
     missing = pending_chunks(folder, spec)
     if missing:
@@ -242,9 +241,8 @@ def seal(folder: Path, spec: dict[str, Any], top1: float, val: dict[str, object]
     manifest["eval"] = val
     manifest["build"] = {"ranks": world, "images_per_s_rank0": rate, "torch": torch.__version__,
                          "sealed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    (folder / BUILDING).unlink()
-    return manifest
+    atomic_write_bytes(folder / bank.MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    (folder / bank.BUILDING).unlink()
 
 
 def precompute(cfg: Any) -> dict[str, Any]:
@@ -260,38 +258,43 @@ def precompute(cfg: Any) -> dict[str, Any]:
     teacher = load_teacher(cfg, source, env)
     folder = Path(str(broadcast_object(str(Path(cfg.teacher.bank).resolve()))))
     spec = build_spec(cfg, source, teacher)
-    outcome: tuple[str | None, list[int]] = (None, [])
+    outcome: tuple[str | None, str, list[int]] = (None, "", [])
     if env.is_main:  # rank 0 alone lays out the folder and lists what is left, before any rank writes a marker
         try:
             state = prepare_folder(folder, spec)
-            outcome = (None, [] if state == "sealed" else pending_chunks(folder, spec))
+            outcome = (None, state, [] if state == "sealed" else pending_chunks(folder, spec))
         except PekdError as e:
-            outcome = (str(e), [])
-    problem, pending = cast(tuple[str | None, list[int]], broadcast_object(outcome))
+            outcome = (str(e), "", [])
+    problem, state, pending = cast(tuple[str | None, str, list[int]], broadcast_object(outcome))
     if problem:
         raise PekdError(problem)
     setup_logging(folder, env.rank)
-    if (folder / MANIFEST).is_file():
+    if state == "sealed":
         log.info("feature bank %s is complete and matches this config; nothing to do", folder)
-        return read_json(folder / MANIFEST)
+        return bank.read_json(folder / bank.MANIFEST)
     images, seconds = compute_chunks(cfg, folder, source, teacher, spec, pending, env)
     top1, val = teacher_top1(cfg, teacher, env)
     barrier()
-    manifest: dict[str, Any] = {}
     if env.is_main:
-        manifest = seal(folder, spec, top1, val, round(images / seconds, 1) if images else None, env.world)
+        seal(folder, spec, top1, val, round(images / seconds, 1) if images else None, env.world)
         log.info("sealed %s: %s %s bank of %s, teacher top-1 %.2f%% on %s/%s", folder, "x".join(
             str(s) for s in spec["shape"]), spec["dtype"], spec["teacher"]["name"], top1, val["name"], val["split"])
-    barrier()
-    return manifest
+    barrier()  # every rank returns a sealed bank
+    return bank.read_json(folder / bank.MANIFEST)
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def dry_run(cfg: Any, sample_batches: int = 4) -> str:
@@ -321,10 +324,10 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     return "\n".join([
         f"feature bank {Path(cfg.teacher.bank).resolve() if cfg.teacher.bank else '(teacher.bank unset)'}",
         f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)}"
-        f" in {FEATURES}, {math.ceil(n / spec['chunk'])} chunks of {spec['chunk']}",
+        f" in {bank.FEATURES}, {math.ceil(n / spec['chunk'])} chunks of {spec['chunk']}",
         f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} seed={cfg.seed}; "
         f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}",
         f"  measured {rate:.0f} images/s on one {env.device.type} process ({timed} images, batch {bs})",
-        f"  expected precompute: {k} x {n} + {val_n} eval images = {seconds / 60:.1f} min on 1 process"
-        + (f", about {seconds / 60 / world:.1f} min on {world} processes" if world > 1 else ""),
+        f"  expected precompute: {k} x {n} + {val_n} eval images = {duration(seconds)} on 1 process"
+        + (f", about {duration(seconds / world)} on {world} processes" if world > 1 else ""),
     ])

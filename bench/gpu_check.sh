@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU paths in one short run (about 5 minutes): NCCL DDP, fp16+GradScaler and bf16 AMP, interrupt-resume
+# equality on CUDA, DALI mixed decode, and resnet18 images/s. Run it on a CUDA machine after `make setup`:
+#   bash bench/gpu_check.sh 2>&1 | tee gpu_check.log
+# Figures go into the README with the date and the GPU's name.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export CUBLAS_WORKSPACE_CONFIG=:4096:8   # deterministic cuBLAS for the bit-exact resume test
+status=0
+run() { echo; echo "### $*"; "$@" || { echo "FAILED: $*"; status=1; }; }
+
+run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+ngpu=$($PY -c "import torch; print(torch.cuda.device_count())")
+# NCCL needs one GPU per rank; with a single GPU the 2-rank checks share it over gloo (CUDA tensors).
+[[ $ngpu -lt 2 ]] && export PEKD_DIST_BACKEND=gloo
+tiny="data=digits model=resnet8 trainer.progress=false data.workers=0 method=ce teacher=none trainer.epochs=1"
+for amp in fp16 bf16; do
+    run $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m pekd.train $tiny trainer.amp=$amp \
+        run_dir=/tmp/gpu_check_$amp on_existing=overwrite
+done
+PEKD_DIST_BACKEND= run $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pekd.train $tiny \
+    trainer.amp=fp16 run_dir=/tmp/gpu_check_nccl on_existing=overwrite
+run $PY -m pytest -q -x tests/test_distributed.py -k "bit_exact or ddp_matches"
+run $PY -m pytest -q -x tests/test_pipelines.py -k dali
+for amp in bf16 fp16; do run $PY -m bench.gpu_throughput --model resnet18 --amp $amp; done
+run $PY -m bench.loaders --dali-device mixed
+exit $status

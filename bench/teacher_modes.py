@@ -1,0 +1,137 @@
+"""`python bench/teacher_modes.py [--size 64 --batch 64 --steps 10 --amp auto]`: online teacher vs feature bank.
+
+PEFD resnet34 -> resnet18 (the ImageNet recipe, experiment=imagenet_r34_r18) on generated images at a small
+resolution, on this machine's CPU. A bank is built with `pekd.teacher.precompute` for the same config, then the
+trainer's own optimizer step (Trainer.train_step + SGD update) is timed with the online teacher and with the bank,
+alternating step by step so both modes see the same machine load, on the same prefetched batches (data loading is
+the same work in both modes and is left out). The bank's read (one gather by (index, view)) is timed on its own
+as a fraction of the bank step. Goals: bank step <= 0.65 x online step; bank read < 2% of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pekd.data.batch import Batch
+from pekd.data.order import Plan
+from pekd.data.pipelines import build_train_loader
+from pekd.data.sources import build_source
+from pekd.engine.distributed import DistEnv
+from pekd.engine.trainer import Trainer
+from pekd.methods import TrainModule, build_method
+from pekd.models import build_model, load_weights
+from pekd.teacher.bank import BankTeacher
+from pekd.teacher.online import OnlineTeacher
+from pekd.teacher.precompute import precompute
+from pekd.train import compose_config
+
+CLASSES = 10
+
+
+def write_images(root: Path, per_class: int, side: int, seed: int) -> None:
+    """An ImageFolder of smooth random JPEGs (upsampled noise), a little larger than the training crop."""
+    rng = np.random.default_rng(seed)
+    for c in range(CLASSES):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            coarse = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+            Image.fromarray(coarse).resize((side, side), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def trainer_for(cfg: Any, teacher: Any, d_t: int, src: Any, run_dir: Path) -> Trainer:
+    """The run's trainer as pekd.train assembles it (same seed, so both modes start from the same student)."""
+    torch.manual_seed(cfg.seed)
+    student = build_model(cfg.model.name, src.num_classes, src.in_chans)
+    method = build_method(cfg.method, student.feature_dim, d_t)
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    plan = Plan.make(cfg.data.batch_size, 1)
+    return Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, None, None, src.mean, src.std, plan)
+
+
+def optimizer_step(trainer: Trainer, batch: Batch) -> float:
+    """Seconds for one optimizer step, as Trainer._steps does it (forward, backward, SGD update)."""
+    t0 = time.perf_counter()
+    trainer.train_step([batch])
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64, help="training crop side (px)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per mode (after 2 warm-up steps)")
+    ap.add_argument("--views", type=int, default=2, help="bank views K")
+    ap.add_argument("--amp", default="auto", help="trainer.amp: auto (bf16 on CPU) | off")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        side = args.size + args.size // 4
+        write_images(tmp / "train", 4 * args.batch // CLASSES + 1, side, seed=0)
+        write_images(tmp / "val", 2, side, seed=1)
+        torch.manual_seed(0)
+        weights = tmp / "resnet34.pt"
+        torch.save(build_model("resnet34", CLASSES).state_dict(), weights)
+        cfg = compose_config([
+            "experiment=imagenet_r34_r18", f"data.root={tmp}", f"data.image_size={args.size}", "data.eval_resize=0",
+            f"data.batch_size={args.batch}", f"data.eval_batch_size={args.batch}", "data.workers=0",
+            f"bank.views={args.views}", f"teacher.weights={weights}", f"teacher.bank={tmp / 'bank'}",
+            f"trainer.amp={args.amp}", f"trainer.threads={args.threads}", "trainer.progress=false",
+            f"run_dir={tmp / 'run'}"])
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        precompute(cfg)
+        src = build_source("imagefolder", str(tmp), "train")
+        loader = build_train_loader(src, cfg.data, plan=Plan.make(args.batch, 1), rank=0, seed=cfg.seed,
+                                    bank_views=args.views)
+        batches = list(loader.epoch(0))
+
+        bank = BankTeacher.open(cfg.teacher.bank, cfg, src)
+        model = build_model("resnet34", CLASSES)
+        load_weights(model, str(weights))
+        modes = {"online teacher": trainer_for(cfg, OnlineTeacher(model, cfg.trainer.channels_last), 512, src,
+                                               tmp / "run"),
+                 "feature bank": trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run")}
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        for j, batch in enumerate(islice(cycle(batches), args.steps + 2)):
+            for mode, trainer in modes.items():
+                dt = optimizer_step(trainer, batch)
+                if j >= 2:
+                    times[mode].append(dt)
+        reads = []
+        for batch in islice(cycle(batches), 200):
+            t0 = time.perf_counter()
+            bank(batch.images, batch)
+            reads.append(time.perf_counter() - t0)
+
+    step = {m: statistics.median(t) for m, t in times.items()}
+    read = statistics.median(reads)
+    ratio = step["feature bank"] / step["online teacher"]
+    print(f"\nPEFD resnet34 -> resnet18, {args.size}px, batch {args.batch}, trainer.amp={args.amp}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.steps} steps per mode (interleaved)\n")
+    print("| teacher | step (ms) | images/s | step vs online |")
+    print("|---|---:|---:|---:|")
+    for m, s in step.items():
+        print(f"| {m} | {1e3 * s:.1f} | {args.batch / s:.0f} | {s / step['online teacher']:.2f}x |")
+    print(f"| bank read (gather of {args.batch} rows) | {1e3 * read:.3f} | - | "
+          f"{100 * read / step['feature bank']:.2f}% of the bank step |")
+    print(f"\ngoals: bank step <= 0.65x online: {'met' if ratio <= 0.65 else 'NOT met'} ({ratio:.2f}x); "
+          f"bank read < 2% of the step: {'met' if read < 0.02 * step['feature bank'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

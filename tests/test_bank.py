@@ -1,0 +1,205 @@
+"""The feature bank on real digits runs: same training as online, resumable and rank-independent builds, refusals.
+
+Most runs happen in this process (imports dominate a fresh process here); the killed build and the two ranks are
+real separate processes, as a scheduler would start them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pekd.config import DataConfig
+from pekd.data.order import Plan
+from pekd.data.pipelines import build_train_loader
+from pekd.data.sources import build_source
+from pekd.errors import PekdError
+from pekd.models import build_model
+from pekd.teacher.bank import BankTeacher
+from pekd.teacher.online import OnlineTeacher
+from pekd.teacher.precompute import dry_run, precompute
+from pekd.train import compose_config, run
+from tests.train_helpers import REPO, TINY, env_for, final_model, free_port
+
+CIFAR_VIEWS = ["data.augment=cifar", "bank.views=2", "bank.dtype=float32", "bank.chunk=64"]  # 23 chunks
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A resnet8 trained for one epoch on digits (about 96% top-1): the frozen teacher of every bank here."""
+    run_dir = tmp_path_factory.mktemp("teacher")
+    res = run(compose_config(TINY + ["method=ce", "teacher=none", "trainer.epochs=1", "trainer.milestones=[1]",
+                                     f"run_dir={run_dir}", "trainer.log_every_steps=50"]))
+    assert res["status"] == "completed"
+    return run_dir / "student.pt"
+
+
+def with_teacher(weights: Path, *overrides: str) -> list[str]:
+    return TINY + ["teacher.name=resnet8", f"teacher.weights={weights}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def cifar_bank(teacher, tmp_path_factory) -> Path:
+    """An uninterrupted 1-rank bank with two distinct pad-crop + flip views per sample."""
+    folder = tmp_path_factory.mktemp("banks") / "cifar"
+    manifest = precompute(compose_config(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}")))
+    assert manifest["shape"] == [2, 1437, 64] and manifest["teacher"]["top1"] > 80.0
+    return folder
+
+
+def losses(run_dir: Path) -> list[float]:
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [e.value for e in acc.Scalars("train/loss")]
+
+
+def train_steps(weights: Path, run_dir: Path, *overrides: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Four PEFD steps from the same seed; per-step losses and the final student + projector weights."""
+    res = run(compose_config(with_teacher(weights, "method=pefd", "bank.views=2", "trainer.max_steps=4",
+                                          f"run_dir={run_dir}", *overrides)))
+    assert res["status"] == "stopped" and res["global_step"] == 4
+    return losses(run_dir), final_model(run_dir)
+
+
+@pytest.fixture(scope="module")
+def online_steps(teacher, tmp_path_factory) -> tuple[list[float], dict[str, torch.Tensor]]:
+    return train_steps(teacher, tmp_path_factory.mktemp("online") / "run", "teacher.mode=online")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_bank_training_equals_online_training(teacher, online_steps, tmp_path, dtype):
+    """trainer.amp=off both ways (TINY); digits' augment=none, so the online run sees the bank's views too."""
+    bank = tmp_path / "bank"
+    precompute(compose_config(with_teacher(teacher, "bank.views=2", f"bank.dtype={dtype}", f"teacher.bank={bank}")))
+    loss_b, model_b = train_steps(teacher, tmp_path / "run", "teacher.mode=bank", f"teacher.bank={bank}",
+                                  f"bank.dtype={dtype}")
+    loss_o, model_o = online_steps
+    if dtype == "float32":  # tolerance 1e-6; on this CPU the runs are bit for bit equal
+        np.testing.assert_allclose(loss_b, loss_o, rtol=1e-6)
+        for k, v in model_o.items():
+            torch.testing.assert_close(model_b[k], v, rtol=1e-6, atol=1e-6)
+    else:  # fp16 rounding of f_t (2^-11 relative) moves the first loss by ~1e-5; the trajectories then drift apart
+        np.testing.assert_allclose(loss_b[0], loss_o[0], rtol=1e-4)
+        np.testing.assert_allclose(loss_b, loss_o, rtol=5e-3)
+
+
+def test_bank_rows_are_the_online_teacher_on_the_views_the_student_sees(teacher, cifar_bank):
+    cfg = compose_config(with_teacher(teacher, *CIFAR_VIEWS, "teacher.mode=bank", f"teacher.bank={cifar_bank}"))
+    src = build_source("digits", "", "train")
+    bank = BankTeacher.open(cifar_bank, cfg, src)
+    model = build_model("resnet8", 10, 1)
+    model.load_state_dict(torch.load(teacher, weights_only=True))
+    online = OnlineTeacher(model, channels_last=True)
+    loader = build_train_loader(src, DataConfig(source="digits", augment="cifar", image_size=8, workers=0),
+                                plan=Plan(32, 1, 1), rank=0, seed=0, bank_views=2)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (src.mean, src.std))
+    for epoch in (0, 1):
+        batch = next(iter(loader.epoch(epoch)))
+        assert set(batch.view.tolist()) == {0, 1}
+        x = ((batch.images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        f_bank, logits = bank(x, batch)
+        assert logits is None and f_bank.dtype == torch.float32
+        torch.testing.assert_close(f_bank, online(x, batch)[0], rtol=1e-5, atol=1e-6)
+
+
+def bank_equal(a: Path, b: Path) -> None:
+    assert (a / "features.bin").read_bytes() == (b / "features.bin").read_bytes()
+    ma, mb = (json.loads((f / "manifest.json").read_text()) for f in (a, b))
+    assert {k: v for k, v in ma.items() if k != "build"} == {k: v for k, v in mb.items() if k != "build"}
+
+
+def start_precompute(overrides: list[str], world: int, log: Path) -> list[subprocess.Popen]:
+    port = free_port()
+    return [subprocess.Popen([sys.executable, "-m", "pekd.precompute", *overrides], env=env_for(r, world, port),
+                             stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(f".{r}.txt"), "w"), cwd=REPO)
+            for r in range(world)]
+
+
+def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, cifar_bank, tmp_path):
+    folder = tmp_path / "bank"
+    overrides = with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}")
+    [proc] = start_precompute(overrides, 1, tmp_path / "killed")
+    while proc.poll() is None and len(list(folder.glob("chunks/*.json"))) < 3:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunks/*.json")}
+    assert proc.returncode == -9 and 3 <= len(done) < 23, (tmp_path / "killed.0.txt").read_text()
+    assert not (folder / "manifest.json").exists()
+    cfg = compose_config(overrides + ["teacher.mode=bank"])
+    with pytest.raises(PekdError, match=f"incomplete .* {len(done)} chunks finished.*re-run"):
+        BankTeacher.open(folder, cfg, build_source("digits", "", "train"))
+
+    precompute(compose_config(overrides))
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("chunks/*.json") if p.name in done} == done
+    assert f"resuming: {len(done)} of 23 chunks already finished, skipped" in (folder / "logs/rank0.log").read_text()
+    bank_equal(folder, cifar_bank)
+    assert not (folder / "building.json").exists()
+
+
+def test_two_ranks_write_the_same_bank_as_one(teacher, cifar_bank, tmp_path):
+    folder = tmp_path / "bank"
+    procs = start_precompute(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}"), 2, tmp_path / "ranks")
+    for r, p in enumerate(procs):
+        assert p.wait(timeout=300) == 0, (tmp_path / f"ranks.{r}.txt").read_text()
+    bank_equal(folder, cifar_bank)
+    ranks = {json.loads(p.read_text())["rank"] for p in folder.glob("chunks/*.json")}
+    assert ranks == {0, 1}
+
+
+@pytest.mark.parametrize("override,field", [
+    ("teacher.name=resnet14", "teacher.name"),
+    ("teacher.weights=PERTURBED", "teacher.weights_sha256"),
+    ("data.subset=1000", "data.n"),
+    ("data.augment=flip", "views.augment"),
+    ("data.image_size=12", "views.image_size"),
+    ("seed=1", "views.seed"),
+    ("bank.views=3", "views.K"),
+    ("bank.dtype=float16", "dtype"),
+])
+def test_a_bank_of_another_run_is_refused_naming_the_field(teacher, cifar_bank, tmp_path, override, field):
+    other = tmp_path / "weights.pt"
+    if override == "teacher.name=resnet14":
+        torch.save(build_model("resnet14", 10, 1).state_dict(), other)
+        override += f" teacher.weights={other}"
+    elif "PERTURBED" in override:
+        state = torch.load(teacher, weights_only=True)
+        state["fc.bias"] += 1e-3
+        torch.save(state, other)
+        override = f"teacher.weights={other}"
+    cfg = compose_config(with_teacher(teacher, *CIFAR_VIEWS, "teacher.mode=bank", f"teacher.bank={cifar_bank}",
+                                      *override.split(), f"run_dir={tmp_path / 'run'}"))
+    with pytest.raises(PekdError, match=rf"does not match this run: {field} is .* re-run precompute"):
+        run(cfg)
+    assert not (tmp_path / "run").exists(), "refused before the run directory (and step 1)"
+
+
+def test_damaged_or_occupied_banks_are_refused(teacher, cifar_bank, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(cifar_bank, copy)
+    with open(copy / "features.bin", "r+b") as f:
+        f.truncate(1000)
+    cfg = compose_config(with_teacher(teacher, *CIFAR_VIEWS, "teacher.mode=bank", f"teacher.bank={copy}"))
+    with pytest.raises(PekdError, match="missing or truncated"):
+        BankTeacher.open(copy, cfg, build_source("digits", "", "train"))
+    with pytest.raises(PekdError, match="not a feature bank"):
+        BankTeacher.open(tmp_path, cfg, build_source("digits", "", "train"))
+    flip = compose_config(with_teacher(teacher, *CIFAR_VIEWS, "data.augment=flip", f"teacher.bank={cifar_bank}"))
+    with pytest.raises(PekdError, match="already holds a finished bank of another run .*views.augment"):
+        precompute(flip)
+
+
+def test_dry_run_prints_size_and_time_and_writes_nothing(teacher, tmp_path):
+    text = dry_run(compose_config(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={tmp_path / 'b'}")))
+    assert "[K=2, N=1437, d=64] float32: 718.5 KiB" in text  # 2 x 1437 x 64 x 4 bytes
+    assert "images/s" in text and "expected precompute" in text
+    assert not (tmp_path / "b").exists()
