@@ -39,7 +39,7 @@ class PlannedRun:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Anything else is a Hydra override, e.g. experiment=cifar100_r56_r20.")
     ap.add_argument("-m", "--multirun", action="store_true",
                     help="sweep: comma lists and range() in overrides expand to one job array")
@@ -73,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.gpus < 0:
         ap.error("--gpus must be 0 or more")
+    if args.local and args.nodes > 1:
+        ap.error("--local runs on this machine: one node")
     return args
 
 
@@ -143,31 +145,58 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
                         "another run_dir, or on_existing=overwrite")
 
 
-def check_folder(folder: Path, dry_run: bool) -> None:
-    """The run root must be writable by this user (and, for SLURM, visible from the compute nodes)."""
-    probe = folder
+def check_folder(folder: Path) -> None:
+    """The run root must be writable (and, for SLURM, visible from the compute nodes): try creating a file in
+    it, or in the nearest existing folder above it (nothing is created before everything has been checked)."""
+    probe = folder.resolve()
     while not probe.exists():
         probe = probe.parent
     try:
-        if dry_run:
-            tempfile.TemporaryFile(dir=probe).close()
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        tempfile.TemporaryFile(dir=probe).close()
     except OSError as e:
         raise PekdError(f"--folder {str(folder)!r} is not writable ({e.strerror}); choose another folder") \
             from None
 
 
-def check_partition(partition: str | None) -> None:
-    if partition is None:
-        return
-    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
+def check_partition(partition: str | None, minutes: int) -> None:
+    """The partition exists (sinfo's list) and allows --time: sbatch would refuse either only after the
+    whole sweep was planned, with a less helpful message."""
+    if shutil.which("sinfo") is None:
+        raise PekdError("sinfo not found: this is not a SLURM login node (--local runs on this machine)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%P %l"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise PekdError(f"sinfo failed ({out.stderr.strip()}); is this a SLURM login node? (--local runs here)")
-    known = sorted(set(out.stdout.split()))
-    if partition not in known:
-        raise PekdError(f"unknown partition {partition!r}; sinfo lists: {', '.join(known) or '(none)'}")
+    limits: dict[str, str] = {}
+    default = None
+    for name, limit in (line.split() for line in out.stdout.splitlines() if line.strip()):
+        if name.endswith("*"):
+            name = default = name[:-1]
+        limits[name] = limit
+    if partition is not None and partition not in limits:
+        raise PekdError(f"unknown partition {partition!r}; sinfo lists: {', '.join(sorted(limits)) or '(none)'}")
+    target = partition or default
+    cap = limit_minutes(limits[target]) if target else None
+    if cap is not None and minutes > cap:
+        raise PekdError(f"--time {minutes} exceeds partition {target!r}'s limit of {cap} minutes; ask for at "
+                        "most that (runs are requeued across time limits anyway)")
+
+
+def limit_minutes(text: str) -> int | None:
+    """A SLURM time limit ('infinite', 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S') in whole minutes."""
+    if text.lower() in ("infinite", "unlimited", "n/a"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))
+    elif len(parts) == 1:
+        parts = [0, parts[0], 0]
+    else:
+        parts = [0] * (3 - len(parts)) + parts
+    hours, mins, _secs = parts
+    return (int(days or 0) * 24 + hours) * 60 + mins
 
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
@@ -178,13 +207,11 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     user_run_dir = any(o.split("=", 1)[0].lstrip("+") == "run_dir" for o in args.overrides)
     if user_run_dir and len(points) > 1:
         raise PekdError("run_dir= names one run; a sweep gets one run directory per point under --folder")
-    first = compose_config(points[0])
-    job_name = args.job_name or first.name or "pekd"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = args.folder.resolve() / f"{job_name}-{stamp}"
+    cfgs = [compose_config(point) for point in points]
+    job_name = args.job_name or cfgs[0].name or "pekd"
+    base = args.folder.resolve() / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs = []
-    for point in points:
-        cfg = compose_config(point)
+    for point, cfg in zip(points, cfgs, strict=True):
         if user_run_dir:
             run_dir = Path(str(cfg.run_dir)).resolve()
         else:
@@ -255,12 +282,10 @@ def main(argv: list[str] | None = None) -> list[Any]:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    check_folder(args.folder, args.dry_run)
     runs, tb_dir, job_name = plan_runs(args)
+    check_folder(args.folder)
     if not args.local:
-        if shutil.which("sbatch") is None and not args.dry_run:
-            raise PekdError("sbatch not found: not on a SLURM login node (--local runs on this machine)")
-        check_partition(args.partition)
+        check_partition(args.partition, args.time)
     executor = make_executor(args, job_name)
     if args.dry_run:
         for r in runs:

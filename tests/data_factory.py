@@ -55,6 +55,15 @@ def corrupt_jpeg(path: Path) -> None:
     path.write_bytes(b"\xff\xd8\xff\xe0" + garbage)
 
 
+def break_huffman_table(path: Path) -> None:
+    """Keep a JPEG's header readable (PIL still reports its size) but make its Huffman table invalid, so
+    every decoder fails only when it decodes the pixels."""
+    data = bytearray(path.read_bytes())
+    k = data.index(b"\xff\xc4")  # DHT marker; then length (2), class/id (1), 16 code counts
+    data[k + 5:k + 21] = bytes([255] * 16)
+    path.write_bytes(bytes(data))
+
+
 def make_cifar_folder(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
     """Write root/cifar-100-python/{train,test,meta} in the official pickle layout; return root."""
     rng = np.random.default_rng(seed)

@@ -30,7 +30,10 @@ from pekd.teacher.precompute import dry_run, precompute
 from pekd.train import compose_config, run
 from tests.train_helpers import REPO, TINY, env_for, final_model, free_port
 
-CIFAR_VIEWS = ["data.augment=cifar", "bank.views=2", "bank.dtype=float32", "bank.chunk=64"]  # 23 chunks
+# Two distinct pad-crop + flip views per sample, 23 chunks. CPU inference needs no deterministic mode, and leaving
+# it off spares each new process the import of torch's compiler stack.
+CIFAR_VIEWS = ["data.augment=cifar", "bank.views=2", "bank.dtype=float32", "bank.chunk=64",
+               "trainer.deterministic=false"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def with_teacher(weights: Path, *overrides: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cifar_bank(teacher, tmp_path_factory) -> Path:
-    """An uninterrupted 1-rank bank with two distinct pad-crop + flip views per sample."""
+    """An uninterrupted 1-rank bank: the reference the killed and the 2-rank builds must equal."""
     folder = tmp_path_factory.mktemp("banks") / "cifar"
     manifest = precompute(compose_config(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}")))
     assert manifest["shape"] == [2, 1437, 64] and manifest["teacher"]["top1"] > 80.0
@@ -118,10 +121,14 @@ def bank_equal(a: Path, b: Path) -> None:
 
 
 def start_precompute(overrides: list[str], world: int, log: Path) -> list[subprocess.Popen]:
-    port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "pekd.precompute", *overrides], env=env_for(r, world, port),
-                             stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(f".{r}.txt"), "w"), cwd=REPO)
-            for r in range(world)]
+    """`world` rank processes of `python -m pekd.precompute overrides`; rank r's stderr goes to log.r.txt."""
+    port, procs = free_port(), []
+    for r in range(world):
+        with open(log.with_suffix(f".{r}.txt"), "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "pekd.precompute", *overrides],
+                                          env=env_for(r, world, port), stdout=subprocess.DEVNULL, stderr=err,
+                                          cwd=REPO))
+    return procs
 
 
 def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, cifar_bank, tmp_path):

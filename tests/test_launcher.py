@@ -157,6 +157,8 @@ def test_bad_input_is_refused_before_submission(
     args = _cpu_args(slurm_env, tmp_path)
     assert "unknown partition 'nope'; sinfo lists: debug" in _refused(
         [*args, "--partition", "nope", *tiny], capsys)
+    assert "--time 2000 exceeds partition 'debug's limit of 1440 minutes" in _refused(
+        [*args, "--time", "2000", *tiny], capsys)
     assert "--gpus 0, but an ImageNet-scale recipe" in _refused([*args, "experiment=imagenet_r34_r18"], capsys)
     assert "trainer.no_such_key" in _refused([*args, *tiny, "trainer.no_such_key=1"], capsys)
     assert "is not writable" in _refused([*_cpu_args(slurm_env, "/proc/pekd-runs"), *tiny], capsys)
@@ -192,3 +194,9 @@ def test_every_restart_meets_at_a_fresh_port(monkeypatch: pytest.MonkeyPatch) ->
         ports.append(os.environ["MASTER_PORT"])
         assert (os.environ["MASTER_ADDR"], os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("127.0.0.1", "1", "2")
     assert ports[0] != ports[1]
+
+
+@pytest.mark.parametrize("text, minutes", [("infinite", None), ("30", 30), ("30:00", 30), ("12:00:00", 720),
+                                           ("1-12", 2160), ("2-12:30:00", 3630)])
+def test_slurm_time_limits_read_as_minutes(text: str, minutes: int | None) -> None:
+    assert submit.limit_minutes(text) == minutes

@@ -1,26 +1,58 @@
-"""Per-rank log files (every rank writes run_dir/logs/rank<r>.log); only rank 0 also talks to the console."""
+"""Per-rank logs: every rank writes run_dir/logs/rank<r>.log (its log records) and rank<r>.out (a copy of its
+stdout and stderr, warnings and tracebacks included); only rank 0 also talks to the console."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
+from typing import IO
+
+
+class Tee:
+    """A text stream that writes to the console stream (or nowhere) and to a per-rank file."""
+
+    def __init__(self, console: IO[str] | None, file: IO[str]) -> None:
+        self.console, self.file = console, file
+
+    def write(self, text: str) -> int:
+        if self.console is not None:
+            self.console.write(text)
+        self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.console is not None:
+            self.console.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.console is not None and self.console.isatty()
+
+    def fileno(self) -> int:
+        return (self.console or self.file).fileno()
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out = open(logs / f"rank{rank}.out", "a", buffering=1)  # noqa: SIM115 -- lives as long as the process
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        console = current.console if isinstance(current, Tee) else current
+        # Other ranks keep their console too: under torchrun/SLURM their streams are already separate files.
+        setattr(sys, name, Tee(console, out))
     logger = logging.getLogger("pekd")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
-    fh = logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")
+    fh = logging.FileHandler(logs / f"rank{rank}.log")
     fh.setFormatter(fmt)
     logger.addHandler(fh)
     if rank == 0:
-        sh = logging.StreamHandler(sys.stderr)
+        sh = logging.StreamHandler(sys.__stderr__)
         sh.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(sh)
-    logging.getLogger("pekd.engine.checkpoint").parent = logger

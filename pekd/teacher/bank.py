@@ -66,7 +66,7 @@ def weights_sha256(path: str) -> str:
         raise PekdError(f"cannot read teacher.weights {path!r} ({e.strerror}); check the path") from None
 
 
-def bank_spec(cfg: Any, source: Source, feature_dim: int) -> dict[str, Any]:
+def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -> dict[str, Any]:
     """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
     import pekd
 
@@ -74,7 +74,7 @@ def bank_spec(cfg: Any, source: Source, feature_dim: int) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "pekd_version": pekd.__version__,
-        "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_sha256(cfg.teacher.weights)},
+        "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_digest},
         "data": source.identity(),
         "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
                   "K": k},
@@ -154,9 +154,10 @@ class BankTeacher:
                                 "pekd.precompute ...` command to finish it (finished chunks are kept)")
             raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); {rebuild}")
         manifest = read_json(path / MANIFEST)
+        digest = weights_sha256(cfg.teacher.weights)
         model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
         load_weights(model, cfg.teacher.weights)
-        run = bank_spec(cfg, source, int(model.feature_dim))
+        run = bank_spec(cfg, source, int(model.feature_dim), digest)
         diff = first_difference(manifest, run)
         if diff:
             raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "

@@ -77,24 +77,28 @@ class FrozenTeacher:
             return self.model(x)
 
 
-def load_teacher(cfg: Any, source: Source, env: DistEnv) -> FrozenTeacher:
+def setup(cfg: Any, device: torch.device) -> tuple[Source, FrozenTeacher, dict[str, Any]]:
+    """The run's train source, its frozen teacher and the spec of its bank (shared by the build and --dry-run).
+
+    The spec adds what only builds must agree on: the chunking and the precision the teacher ran at.
+    """
     from pekd.models import build_model, load_weights
 
     if not cfg.teacher.name:
         raise PekdError("precompute needs a teacher: set teacher.name and teacher.weights (or teacher=<config>)")
-    if not cfg.teacher.bank:
-        raise PekdError("precompute needs teacher.bank=<folder> to write the feature bank into")
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
+    digest = bank.weights_sha256(cfg.teacher.weights)  # first: the clearest message for an empty or bad path
     model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
     load_weights(model, cfg.teacher.weights)
-    return FrozenTeacher(model, source, env.device, cfg.trainer.amp, cfg.trainer.channels_last)
-
-
-def build_spec(cfg: Any, source: Source, teacher: FrozenTeacher) -> dict[str, Any]:
-    """The bank's spec plus what only the build needs to agree on (chunking and the teacher's precision)."""
-    spec = bank.bank_spec(cfg, source, int(teacher.model.feature_dim))
+    teacher = FrozenTeacher(model, source, device, cfg.trainer.amp, cfg.trainer.channels_last)
+    spec = bank.bank_spec(cfg, source, int(model.feature_dim), digest)
     spec["chunk"] = int(cfg.bank.chunk)
     spec["precision"] = {"amp": cfg.trainer.amp, "channels_last": bool(cfg.trainer.channels_last)}
-    return spec
+    return source, teacher, spec
 
 
 def chunk_rows(chunk: int, size: int, n: int) -> np.ndarray:
@@ -194,8 +198,9 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     t0 = time.perf_counter()
     for batch, (c, k) in zip(view_loader(source, cfg, views, batches), owner, strict=True):
         assert bool((batch.view == k).all()), "the data layer must replay view k for the keys replay_epochs chose"
-        feat, _ = teacher(batch)
-        features[k, batch.index.numpy()] = to_bank_dtype(feat, spec["dtype"])
+        if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
+            feat, _ = teacher(batch)
+            features[k, batch.index.numpy()] = to_bank_dtype(feat, spec["dtype"])
         bar.update(len(batch))
         left[c] -= 1
         if left[c] == 0:
@@ -249,15 +254,11 @@ def precompute(cfg: Any) -> dict[str, Any]:
     """Build (or finish) the bank at cfg.teacher.bank on every rank; returns the sealed manifest."""
     from pekd.engine.logs import setup_logging
 
+    if not cfg.teacher.bank:
+        raise PekdError("precompute needs teacher.bank=<folder> to write the feature bank into")
     env = init_distributed()
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True)
-    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
-    teacher = load_teacher(cfg, source, env)
+    source, teacher, spec = setup(cfg, env.device)
     folder = Path(str(broadcast_object(str(Path(cfg.teacher.bank).resolve()))))
-    spec = build_spec(cfg, source, teacher)
     outcome: tuple[str | None, str, list[int]] = (None, "", [])
     if env.is_main:  # rank 0 alone lays out the folder and lists what is left, before any rank writes a marker
         try:
@@ -299,12 +300,8 @@ def duration(seconds: float) -> str:
 
 def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     """The bank's size, and its precompute time extrapolated from timing a few real batches (writes nothing)."""
-    env = DistEnv(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
-    teacher = load_teacher(cfg, source, env)
-    spec = build_spec(cfg, source, teacher)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source, teacher, spec = setup(cfg, device)
     k, n, d = spec["shape"]
     size = k * n * d * np.dtype(spec["dtype"]).itemsize
     bs = cfg.data.eval_batch_size
@@ -327,7 +324,7 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
         f" in {bank.FEATURES}, {math.ceil(n / spec['chunk'])} chunks of {spec['chunk']}",
         f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} seed={cfg.seed}; "
         f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}",
-        f"  measured {rate:.0f} images/s on one {env.device.type} process ({timed} images, batch {bs})",
+        f"  measured {rate:.0f} images/s on one {device.type} process ({timed} images, batch {bs})",
         f"  expected precompute: {k} x {n} + {val_n} eval images = {duration(seconds)} on 1 process"
         + (f", about {duration(seconds / world)} on {world} processes" if world > 1 else ""),
     ])
