@@ -179,7 +179,7 @@ def check_partition(partition: str | None, minutes: int) -> None:
     target = partition or default
     cap = limit_minutes(limits[target]) if target else None
     if cap is not None and minutes > cap:
-        raise PekdError(f"--time {minutes} exceeds partition {target!r}'s limit of {cap} minutes; ask for at "
+        raise PekdError(f"--time {minutes} exceeds the {cap}-minute limit of partition {target!r}; ask for at "
                         "most that (runs are requeued across time limits anyway)")
 
 

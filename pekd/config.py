@@ -172,6 +172,9 @@ def validate(cfg: Any) -> None:
                         "set teacher.mode=online (or bank) and teacher.name")
     if needs_teacher and not cfg.teacher.name:
         raise PekdError(f"method.name={cfg.method.name} needs a teacher; set teacher.name (and teacher.weights)")
+    if needs_teacher and cfg.teacher.mode == "online" and not cfg.teacher.weights:
+        raise PekdError(f"teacher.weights is empty for teacher.name={cfg.teacher.name}: a random teacher teaches "
+                        "nothing; point it at a trained checkpoint (torchvision or RepDistiller format)")
     if cfg.teacher.mode == "bank" and not cfg.teacher.bank:
         raise PekdError("teacher.mode=bank needs teacher.bank=<folder written by `python -m pekd.precompute`>")
     if cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0:

@@ -110,7 +110,7 @@ class LocalCluster:
         for sub in ("state", "log", "bin", "munge", *(f"spool/{n}" for n in self.node_names)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         # munged refuses a socket directory that not everyone may traverse.
-        (self.dir / "run").mkdir(mode=0o755, exist_ok=True)
+        (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "run").chmod(0o755)
         (self.dir / "munge").chmod(0o700)
         self._start_munged()
@@ -160,6 +160,8 @@ class LocalCluster:
                 f"{', '.join(missing)} not found: install Debian's slurmctld slurmd slurm-client munge "
                 "(scripts/setup.sh does)"
             )
+        if self.cred_expire_s < 5:
+            raise ClusterError("slurmctld rejects cred_expire below 5 s (and silently falls back to 120 s)")
         if len(str(self.dir)) > MAX_DIR_LEN:
             raise ClusterError(
                 f"cluster directory {self.dir} is too long for the UNIX sockets under it "

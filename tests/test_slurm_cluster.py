@@ -41,6 +41,19 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def test_start_is_idempotent_and_stop_leaves_no_daemon(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cluster = LocalCluster(tmp_path_factory.mktemp("lc"))
+    cluster.start()
+    pids = cluster.daemons()
+    assert cluster.is_running() and set(pids) == {"munged", "slurmctld", "slurmd-127.0.0.1"}
+    cluster.start()
+    assert cluster.daemons() == pids
+    cluster.stop()
+    assert not any(Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in pids.values())
+    assert not any(cluster.daemons().values())
+
+
 def test_sbatch_job_runs_and_sacct_reports_it(slurm_cluster: LocalCluster, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "out.txt"
     submitted = slurm_cluster.run(

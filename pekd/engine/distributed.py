@@ -31,8 +31,9 @@ class DistEnv:
 
 
 def _from_slurm() -> None:
-    """Export torchrun-style variables from SLURM's (via submitit, which picks MASTER_ADDR from the node list and
-    a port derived from the job id, so every requeue gets a fresh rendezvous)."""
+    """Export torchrun-style variables from SLURM's via submitit (MASTER_ADDR is the first node of the job's node
+    list). submitit derives MASTER_PORT from the job id only; pekd.launch mixes in the restart count so that a
+    requeued job never meets its previous incarnation's rendezvous."""
     from submitit.helpers import TorchDistributedEnvironment
 
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

@@ -144,15 +144,14 @@ class BankTeacher:
         from pekd.models import build_model, load_weights
 
         path = Path(folder).resolve()
-        rebuild = (f"build one with `python -m pekd.precompute <this run's overrides> teacher.bank={path}` "
-                   f"(or point teacher.bank at a bank built for this run)")
+        command = "`python -m pekd.precompute <this run's overrides> teacher.bank="
         if not (path / MANIFEST).is_file():
             if (path / BUILDING).is_file():
                 done = len(list((path / CHUNKS).glob("*.json")))
                 raise PekdError(f"feature bank {str(path)!r} is incomplete (no sealed manifest; {done} chunks "
                                 "finished): its precompute was interrupted; re-run the same `python -m "
                                 "pekd.precompute ...` command to finish it (finished chunks are kept)")
-            raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); {rebuild}")
+            raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); build it with {command}{path}`")
         manifest = read_json(path / MANIFEST)
         digest = weights_sha256(cfg.teacher.weights)
         model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
@@ -161,7 +160,8 @@ class BankTeacher:
         diff = first_difference(manifest, run)
         if diff:
             raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "
-                            f"this run: {rebuild}")
+                            f"this run into a new folder, {command}<new folder>`, or point teacher.bank at a bank "
+                            "built for this run")
         return cls(path, manifest)
 
     def read(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
