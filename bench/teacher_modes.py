@@ -1,10 +1,10 @@
-"""`python bench/teacher_modes.py [--size 64 --batch 64 --steps 10] [overrides]`: online teacher vs feature bank.
+"""`python -m bench.teacher_modes [--size 64 --batch 64 --rounds 7] [overrides]`: online teacher vs feature bank.
 
 PEFD resnet34 -> resnet18 (the ImageNet recipe, experiment=imagenet_r34_r18) on generated images at a small
 resolution, on this machine's CPU. A bank is built with `pekd.teacher.precompute` for the same config, then the
 trainer's own optimizer step (Trainer.train_step + SGD update) is timed with the online teacher and with the bank,
-alternating step by step so both modes see the same machine load, on the same prefetched batches (data loading is
-the same work in both modes and is left out). The bank's read (one gather by (index, view)) is timed on its own
+interleaved (bench/timing.py) so both modes see the same machine load, on the same prefetched batches (data loading
+is the same work in both modes and is left out). The bank's read (one gather by (index, view)) is timed on its own
 as a fraction of the bank step. Goals: bank step <= 0.65 x online step; bank read < 2% of the step.
 Extra arguments are Hydra overrides of the run, e.g. trainer.amp=off trainer.channels_last=false.
 """
@@ -12,10 +12,9 @@ Extra arguments are Hydra overrides of the run, e.g. trainer.amp=off trainer.cha
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from itertools import cycle, islice
+from collections.abc import Callable
+from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.timing import interleaved, table
 from pekd.data.batch import Batch
 from pekd.data.order import Plan
 from pekd.data.pipelines import build_train_loader
@@ -60,21 +60,35 @@ def trainer_for(cfg: Any, teacher: Any, d_t: int, src: Any, run_dir: Path) -> Tr
     return Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, None, None, src.mean, src.std, plan)
 
 
-def optimizer_step(trainer: Trainer, batch: Batch) -> float:
-    """Seconds for one optimizer step, as Trainer._steps does it (forward, backward, SGD update)."""
-    t0 = time.perf_counter()
-    trainer.train_step([batch])
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+def stepper(trainer: Trainer, batches: list[Batch]) -> Callable[[], None]:
+    """One optimizer step per call, as Trainer._steps does it (forward, backward, SGD update), cycling batches."""
+    it = cycle(batches)
+
+    def step() -> None:
+        trainer.train_step([next(it)])
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def reader(bank: BankTeacher, batches: list[Batch]) -> Callable[[], None]:
+    """One bank read per call: what teacher.mode=bank costs in place of the teacher's forward."""
+    it = cycle(batches)
+
+    def read() -> None:
+        batch = next(it)
+        bank(batch.images, batch)
+
+    return read
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="training crop side (px)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per mode (after 2 warm-up steps)")
+    ap.add_argument("--rounds", type=int, default=7, help="timed steps per mode (after 2 warm-up steps)")
     ap.add_argument("--views", type=int, default=2, help="bank views K")
     args, overrides = ap.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -99,37 +113,20 @@ def main() -> None:
         bank = BankTeacher.open(cfg.teacher.bank, cfg, src)
         model = build_model("resnet34", CLASSES)
         load_weights(model, str(weights))
-        modes = {"online teacher": trainer_for(cfg, OnlineTeacher(model, cfg.trainer.channels_last), 512, src,
-                                               tmp / "run"),
-                 "feature bank": trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run")}
-        times: dict[str, list[float]] = {m: [] for m in modes}
-        for j, batch in enumerate(islice(cycle(batches), args.steps + 2)):
-            for mode, trainer in modes.items():
-                dt = optimizer_step(trainer, batch)
-                if j >= 2:
-                    times[mode].append(dt)
-        reads = []
-        for batch in islice(cycle(batches), 200):
-            t0 = time.perf_counter()
-            bank(batch.images, batch)
-            reads.append(time.perf_counter() - t0)
+        online = OnlineTeacher(model, cfg.trainer.channels_last)
+        steps = {"online teacher": stepper(trainer_for(cfg, online, model.feature_dim, src, tmp / "run"), batches),
+                 "feature bank": stepper(trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run"), batches)}
+        times = interleaved(steps, rounds=args.rounds, reps=1, warmup=2)
+        read = interleaved({"read": reader(bank, batches)}, rounds=args.rounds, reps=50)["read"]
 
-    step = {m: statistics.median(t) for m, t in times.items()}
-    read = statistics.median(reads)
-    ratio = step["feature bank"] / step["online teacher"]
-    tc = cfg.trainer
+    tc, ratio = cfg.trainer, times["feature bank"] / times["online teacher"]
     print(f"\nPEFD resnet34 -> resnet18, {args.size}px, batch {args.batch}, trainer.amp={tc.amp}, channels_last="
-          f"{tc.channels_last}, {torch.get_num_threads()} CPU threads, median of {args.steps} steps per mode "
-          "(interleaved)\n")
-    print("| teacher | step (ms) | images/s | step vs online |")
-    print("|---|---:|---:|---:|")
-    for m, s in step.items():
-        print(f"| {m} | {1e3 * s:.1f} | {args.batch / s:.0f} | {s / step['online teacher']:.2f}x |")
-    print(f"| bank read (gather of {args.batch} rows) | {1e3 * read:.3f} | - | "
-          f"{100 * read / step['feature bank']:.2f}% of the bank step |")
-    print(f"\ngoals: bank step <= 0.65x online: {'met' if ratio <= 0.65 else 'NOT met'} ({ratio:.2f}x); "
-          f"bank read < 2% of the step: {'met' if read < 0.02 * step['feature bank'] else 'NOT met'}")
-
+          f"{tc.channels_last}, {torch.get_num_threads()} CPU threads, median of {args.rounds} interleaved steps\n")
+    print(table(times, "online teacher", unit_items=args.batch))
+    print(f"\nbank read (gather of {args.batch} rows by (index, view)): {1e3 * read:.3f} ms = "
+          f"{100 * read / times['feature bank']:.3f}% of the bank step")
+    print(f"goals: bank step <= 0.65x online: {'met' if ratio <= 0.65 else 'NOT met'} ({ratio:.2f}x); "
+          f"bank read < 2% of the step: {'met' if read < 0.02 * times['feature bank'] else 'NOT met'}")
 
 if __name__ == "__main__":
     main()

@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     student = build_model(cfg.model.name, train_src.num_classes, train_src.in_chans)
     if cfg.model.weights:
         load_weights(student, cfg.model.weights)
-    teacher, d_t = _build_teacher(cfg, train_src, build_model, load_weights)
+    with torch.random.fork_rng():  # the teacher's (discarded) init must not shift the projectors' init
+        teacher, d_t = _build_teacher(cfg, train_src, env.device, build_model, load_weights)
     method = build_method(cfg.method, student.feature_dim, d_t)
     if method.needs.feature and teacher is None:
         raise PekdError(f"method.name={cfg.method.name} needs teacher features; set teacher.mode=online or bank")
@@ -111,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return trainer.fit()
 
 
-def _build_teacher(cfg: DictConfig, src: Any, build_model: Any, load_weights: Any) -> tuple[Any, int | None]:
+def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model: Any,
+                   load_weights: Any) -> tuple[Any, int | None]:
     tcfg = cfg.teacher
     if tcfg.mode == "none" or not tcfg.name:
         return None, None
@@ -127,7 +129,7 @@ def _build_teacher(cfg: DictConfig, src: Any, build_model: Any, load_weights: An
                         "point it at a trained checkpoint (torchvision or RepDistiller format)")
     model = build_model(tcfg.name, src.num_classes, src.in_chans)
     load_weights(model, tcfg.weights)
-    return OnlineTeacher(model, cfg.trainer.channels_last), model.feature_dim
+    return OnlineTeacher(model.to(device), cfg.trainer.channels_last), model.feature_dim
 
 
 @user_errors_exit

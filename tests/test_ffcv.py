@@ -108,11 +108,12 @@ def test_eval_shards_and_center_crop(data):
     assert sorted(seen) == list(range(len(src)))
 
 
-def test_grayscale_source_keeps_one_channel(tmp_path):
+def test_grayscale_source_keeps_one_channel_with_process_cache(tmp_path):
     src = build_source("digits", "", "val")
     beton = write_beton(src, tmp_path / "digits.beton", workers=1)
     plan = Plan(32, 1, 1)
-    got = next(build_train_loader(src, cfg(beton, "cifar", 8), plan=plan, rank=0, seed=0).epoch(0))
+    got = next(build_train_loader(src, cfg(beton, "cifar", 8, os_cache=False), plan=plan, rank=0,
+                                  seed=0).epoch(0))
     want = next(build_train_loader(src, cfg(beton, "cifar", 8, "torch"), plan=plan, rank=0, seed=0).epoch(0))
     assert got.images.shape == (32, 1, 8, 8) and torch.equal(got.images, want.images)
 
@@ -127,6 +128,10 @@ def test_betons_are_checked(data, tmp_path):
     copied.write_bytes(Path(data["train_beton"]).read_bytes())
     with pytest.raises(PekdError, match="no copied.beton.json"):
         build_train_loader(data["train"], cfg(copied), plan=plan, rank=0, seed=0)
+    (tmp_path / "junk.beton").write_bytes(b"not a beton" * 100)
+    (tmp_path / "junk.beton.json").write_text(Path(f"{data['train_beton']}.json").read_text())
+    with pytest.raises(PekdError, match="not a readable .beton"):
+        build_train_loader(data["train"], cfg(tmp_path / "junk.beton"), plan=plan, rank=0, seed=0)
     with pytest.raises(PekdError, match="needs data.train_beton"):
         build_train_loader(data["train"], cfg(""), plan=plan, rank=0, seed=0)
 

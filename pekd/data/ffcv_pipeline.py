@@ -32,6 +32,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.pipeline_spec import PipelineSpec
 from ffcv.pipeline.state import State
+from ffcv.reader import Reader
 from ffcv.traversal_order.base import TraversalOrder
 
 from pekd.data.batch import Batch
@@ -187,26 +188,25 @@ class FfcvReader:
         check_beton(path, source, key)
         self.in_chans = source.in_chans
         self.order = GlobalOrder(order.astype(np.uint64))
-        orig = self._original_sizes(path)
+        orig = self._original_sizes(path, key)
         self.views = ApplyViews(recipe, *orig, threads=max(1, workers))
-        try:
-            self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
-                                 order=self.order, drop_last=drop_last,
-                                 pipelines={"image": PipelineSpec("image", DecodeFull(), [self.views]),
-                                            "label": [IntDecoder()], "index": [IntDecoder()],
-                                            "height": None, "width": None})
-        except (AssertionError, ValueError, OSError) as e:
-            raise PekdError(f"{key}={path!r} is not a readable .beton ({e}); rewrite it with "
-                            "`python -m pekd.write_dataset`") from None
+        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
+                             order=self.order, drop_last=drop_last,
+                             pipelines={"image": PipelineSpec("image", DecodeFull(), [self.views]),
+                                        "label": [IntDecoder()], "index": [IntDecoder()],
+                                        "height": None, "width": None})
 
     @staticmethod
-    def _original_sizes(path: str) -> tuple[np.ndarray, np.ndarray]:
-        from ffcv.reader import Reader
-
-        reader = Reader(path)
+    def _original_sizes(path: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each record's original height and width, from the .beton's metadata (nothing is decoded)."""
+        try:
+            reader = Reader(path)
+        except (AssertionError, ValueError, OSError) as e:  # FFCV's format check is an assert
+            raise PekdError(f"{key}={path!r} is not a readable .beton ({e}); rewrite it with "
+                            "`python -m pekd.write_dataset`") from None
         if tuple(reader.field_names) != FIELDS:
-            raise PekdError(f"{path!r} has fields {reader.field_names}, expected {list(FIELDS)}; rewrite it "
-                            "with `python -m pekd.write_dataset`")
+            raise PekdError(f"{key}={path!r} has fields {reader.field_names}, expected {list(FIELDS)}; "
+                            "rewrite it with `python -m pekd.write_dataset`")
         meta = reader.metadata
         return (np.asarray(meta[f"f{FIELDS.index('height')}"], dtype=np.int64),
                 np.asarray(meta[f"f{FIELDS.index('width')}"], dtype=np.int64))
