@@ -64,8 +64,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(str(broadcast_object(str(cfg.run_dir)))).resolve()
     cfg = cfg.copy()
     OmegaConf.update(cfg, "run_dir", str(run_dir))
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    threads = cfg.trainer.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
 
@@ -100,6 +100,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
                                       bank_views=bank_views)
     eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
+    torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
     trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
                       train_src.mean, train_src.std, plan)
     found = None
