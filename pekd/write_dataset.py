@@ -39,10 +39,21 @@ class Records:
     def __len__(self) -> int:
         return len(self.source)
 
+    def _decode(self, i: int) -> np.ndarray:
+        """Files are decoded with PIL here, not torchvision: FFCV forks its writer processes from a parent whose
+        torch thread pools and locks may be held at fork time, and a torch op in the child can then hang forever."""
+        if self.source.paths is None:
+            return self.source.image(i)
+        from PIL import Image
+
+        with Image.open(self.source.paths[i]) as im:
+            return np.asarray(im.convert("RGB" if self.source.in_chans == 3 else "L")).reshape(
+                im.height, im.width, self.source.in_chans)
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, int, int, int]:
         try:
-            image = self.source.image(i)
-        except PekdError:
+            image = self._decode(i)
+        except (PekdError, OSError, ValueError):
             self.failed[i] = 1
             return np.zeros((1, 1, 3), dtype=np.uint8), int(self.source.labels[i]), i, 1, 1
         if image.shape[2] == 1:  # RGBImageField stores 3 channels; loaders keep the first for gray sources
