@@ -183,13 +183,14 @@ def test_a_repeated_failure_counts_up_and_a_different_one_starts_over(tmp_path: 
 def test_every_restart_meets_at_a_fresh_port(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "127.0.0.[1-2]",
            "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)  # so that the test's exports are undone afterwards
+    # export_rendezvous() writes RANK/WORLD_SIZE/MASTER_*: give it a private copy of the environment so nothing
+    # leaks into later tests (their training subprocesses would otherwise wait for a world that never comes).
+    private = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                                "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    monkeypatch.setattr(os, "environ", {**private, **env})
     ports = []
     for restart in ("0", "1"):
-        monkeypatch.setenv("SLURM_RESTART_COUNT", restart)
+        os.environ["SLURM_RESTART_COUNT"] = restart
         export_rendezvous()
         ports.append(os.environ["MASTER_PORT"])
         assert (os.environ["MASTER_ADDR"], os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("127.0.0.1", "1", "2")

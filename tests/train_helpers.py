@@ -17,6 +17,10 @@ TINY = ["data=digits", "model=resnet8", "trainer.progress=false", "trainer.threa
         "trainer.deterministic=true", "trainer.amp=off", "trainer.log_every_steps=1", "data.workers=0"]
 
 
+DIST_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "PYTEST_CURRENT_TEST"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -24,8 +28,8 @@ def free_port() -> int:
 
 
 def env_for(rank: int, world: int, port: int) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("PYTEST_CURRENT_TEST", None)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("SLURM_")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     if world > 1:
         env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
