@@ -333,6 +333,13 @@ def _jobcomp_records(path: Path) -> Iterable[dict[str, str]]:
         }
 
 
+# squeue shows transient states that real sacct reports as the state around them; submitit counts any state it
+# does not know as finished, so a job being signalled (time-limit warning) must read as RUNNING.
+SQUEUE_TO_SACCT = {"SIGNALING": "RUNNING", "CONFIGURING": "RUNNING", "RESIZING": "RUNNING",
+                   "STAGE_OUT": "COMPLETING", "REQUEUE_FED": "REQUEUED", "REQUEUE_HOLD": "REQUEUED",
+                   "RESV_DEL_HOLD": "PENDING"}
+
+
 def _squeue_records(env: dict[str, str]) -> Iterable[dict[str, str]]:
     out = subprocess.run(
         ["squeue", "-h", "--states=all", "-o", SQUEUE_FORMAT], env=env, capture_output=True, text=True
@@ -340,7 +347,9 @@ def _squeue_records(env: dict[str, str]) -> Iterable[dict[str, str]]:
     for line in out.stdout.splitlines():
         values = line.split("|", len(SQUEUE_FIELDS) - 1)
         if len(values) == len(SQUEUE_FIELDS):
-            yield dict(zip(SQUEUE_FIELDS, values, strict=True)) | {"ExitCode": ""}
+            rec = dict(zip(SQUEUE_FIELDS, values, strict=True)) | {"ExitCode": ""}
+            rec["State"] = SQUEUE_TO_SACCT.get(rec["State"], rec["State"])
+            yield rec
 
 
 def sacct(argv: Sequence[str]) -> int:
