@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pekd.engine.rundir import RESUMABLE_CHANGES
+from pekd.engine.rundir import RESUMABLE_CHANGES, flatten
 from pekd.errors import PekdError, user_errors_exit
 
 # Keys that do not make two runs different experiments: the seed, and what may change on resumption.
@@ -60,18 +60,9 @@ class Row:
         return float(value) if value > 0 else None
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def _load_run(path: Path) -> Run:
     cfg_file, res_file = path / "config.yaml", path / "results.json"
-    config = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
+    config = flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
     if res_file.is_file():
         results = json.loads(res_file.read_text())
         return Run(path, str(results.get("status", "unknown")), config, results)

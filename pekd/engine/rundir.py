@@ -33,17 +33,18 @@ RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.ma
                      "trainer.threads"}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: configs compared and tabulated key by key."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 
@@ -71,7 +72,7 @@ def prepare(run_dir: Path, cfg: DictConfig) -> bool:
         assert isinstance(old, dict)
         diff = config_differences(old, new)
         if diff:
-            shown = ", ".join(f"{k}: {_flatten(old).get(k)!r} -> {_flatten(new).get(k)!r}" for k in diff[:3])
+            shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
             raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
                             f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
                             "on_existing=overwrite to move the old run aside")

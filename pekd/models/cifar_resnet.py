@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pekd.models.init import init_weights
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual; the shortcut is a strided 1x1 conv + BN when the shape changes."""
@@ -57,13 +59,7 @@ class CifarResNet(nn.Module):
         self.layer2 = _stage(widths[1], widths[2], blocks, stride=2)
         self.layer3 = _stage(widths[2], widths[3], blocks, stride=2)
         self.fc = nn.Linear(widths[3], num_classes)
-        # Same initialisation as the reference, so students trained from scratch start where the paper's did.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, feature_dim], logits [B, num_classes])."""

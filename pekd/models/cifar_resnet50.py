@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pekd.models.init import init_weights
+
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (carries the stride), 1x1 expand x4; shortcut projected when the shape changes."""
@@ -60,13 +62,7 @@ class CifarResNet50(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(self.feature_dim, num_classes)
-        # Same initialisation as the reference, so students trained from scratch start where the paper's did.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, 2048], logits [B, num_classes])."""

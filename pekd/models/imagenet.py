@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from pekd.models.init import init_weights
+
 
 class TorchvisionResNet(ResNet):
     """torchvision's ResNet with our (feature, logits) output and an optional non-RGB stem."""
@@ -85,12 +87,7 @@ class MobileNetV1(nn.Module):
             in_planes = out_planes
         self.model = nn.Sequential(*layers)
         self.fc = nn.Linear(self.feature_dim, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, 1024], logits [B, num_classes])."""

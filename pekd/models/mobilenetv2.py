@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pekd.models.init import init_weights
+
 
 def _conv_bn_relu(in_planes: int, out_planes: int, kernel: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
@@ -81,16 +83,7 @@ class MobileNetV2(nn.Module):
             self.blocks.append(nn.Sequential(*group))
         self.conv2 = _conv_bn_relu(channels, self.feature_dim, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.feature_dim, num_classes))
-        # Same initialisation as the reference, so students trained from scratch start where the paper's did.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, 1280], logits [B, num_classes])."""

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pekd.models.init import init_weights
+
 # Conv widths per block; the name is the depth counted as convs + the classifier.
 _CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -48,17 +50,7 @@ class VGG(nn.Module):
         self.block3 = _block(widths[3], widths[2][-1])
         self.block4 = _block(widths[4], widths[3][-1])
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-        # Same initialisation as the reference, so students trained from scratch start where the paper's did.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, 512], logits [B, num_classes])."""

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pekd.models.init import init_weights
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3 twice, with a residual.
@@ -66,15 +68,7 @@ class WideResNet(nn.Module):
         self.block3 = NetworkBlock(blocks, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        # Same initialisation as the reference (He-normal fan-out convs, zero linear bias).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="zero_bias")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled post-ReLU feature [B, feature_dim], logits [B, num_classes])."""
