@@ -4,6 +4,10 @@
 images (and an FFCV .beton of it with ffcv-imagenet's settings), then times one epoch of each pipeline with
 RandomResizedCrop 224 + flip and the same worker count, after a short warm-up that absorbs JIT compilation
 and pipeline start-up. Prints a Markdown table of images/s and the ratio to torch.
+
+`--attach resnet18` also feeds each pipeline's batches to a real training step of that model (normalise,
+channels_last, forward, backward, SGD) for `--attach-steps` steps, beside the same step on one fixed batch: a
+pipeline whose attached rate is close to the fixed-batch rate is not what limits training.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from pekd.config import DataConfig
 from pekd.data.order import Plan
 from pekd.data.pipelines import build_train_loader
 from pekd.data.sources import Source, build_source
+from pekd.models import build_model
 from pekd.write_dataset import write_beton
 from tests.data_factory import make_image_folder
 
@@ -35,6 +43,46 @@ def images_per_second(source: Source, cfg: DataConfig, batch: int, warmup: int) 
     return n / (time.perf_counter() - start)
 
 
+def training_step(model_name: str, source: Source) -> Callable[[torch.Tensor], None]:
+    """One SGD step of `model_name` on a uint8 batch, normalised as the trainer does."""
+    torch.manual_seed(0)
+    model = build_model(model_name, max(source.num_classes, 2), 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mean = torch.tensor(source.mean).view(1, -1, 1, 1)
+    std = torch.tensor(source.std).view(1, -1, 1, 1)
+
+    def step(images: torch.Tensor) -> None:
+        x = ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        _, logits = model(x)
+        logits.logsumexp(1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def attached_rate(source: Source, cfg: DataConfig, batch: int, steps: int, model_name: str) -> float:
+    """Images/s of training steps fed by the pipeline (after one warm-up step)."""
+    step = training_step(model_name, source)
+    loader = build_train_loader(source, cfg, plan=Plan(batch, 1, 1), rank=0, seed=0)
+    it = iter(loader.epoch(0))
+    step(next(it).images)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(it).images)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def fixed_batch_rate(source: Source, batch: int, size: int, steps: int, model_name: str) -> float:
+    step = training_step(model_name, source)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    step(images)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(images)
+    return steps * batch / (time.perf_counter() - start)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2048)
@@ -43,6 +91,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--warmup", type=int, default=3, help="batches run before timing")
     p.add_argument("--dir", default="", help="where to write the data (default: a temporary folder)")
+    p.add_argument("--attach", default="", help="also time training steps of this model fed by each pipeline")
+    p.add_argument("--attach-steps", type=int, default=4)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.dir or tmp)
@@ -65,6 +115,16 @@ def main() -> None:
         print("| pipeline | images/s | vs torch |\n|---|---:|---:|")
         for name in PIPELINES:
             print(f"| {name} | {rates[name]:.0f} | {rates[name] / rates['torch']:.2f}x |")
+        if a.attach:
+            fixed = fixed_batch_rate(source, a.batch, a.size, a.attach_steps, a.attach)
+            print(f"\nWith a {a.attach} training step attached ({a.attach_steps} steps, {torch.get_num_threads()} "
+                  f"threads): one fixed batch {fixed:.1f} images/s\n")
+            print("| pipeline | images/s with training | share of the fixed-batch rate |\n|---|---:|---:|")
+            for name in PIPELINES:
+                cfg = DataConfig(source="imagefolder", pipeline=name, augment="imagenet", image_size=a.size,
+                                 workers=a.workers, train_beton=str(beton))
+                rate = attached_rate(source, cfg, a.batch, a.attach_steps, a.attach)
+                print(f"| {name} | {rate:.1f} | {rate / fixed:.2f} |")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,18 @@ stamp=".venv/.pekd-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "[setup] pip install -e .[dev] (first time: several minutes; ffcv builds from source)"
-    .venv/bin/pip install -q --upgrade pip setuptools wheel
+    pip() {  # quiet, minus the notes some machines' pip configs print about absent local indexes
+        local log rc=0
+        log=$(mktemp)
+        .venv/bin/pip install -q "$@" >"$log" 2>&1 || rc=$?
+        grep -v "is neither a file nor a directory" "$log" >&2 || true
+        rm -f "$log"
+        return "$rc"
+    }
+    pip --upgrade pip setuptools wheel
     # ffcv's setup.py imports numpy and needs it at build time; torch first so pip reuses the local wheel.
-    .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 numpy "Cython<3.2"
-    .venv/bin/pip install -q --no-build-isolation ffcv==1.0.2
-    .venv/bin/pip install -q -e ".[dev]"
+    pip torch==2.14.1 torchvision==0.29.1 numpy "Cython<3.2"
+    pip --no-build-isolation ffcv==1.0.2
+    pip -e ".[dev]"
     echo "$want" > "$stamp"
 fi

@@ -110,11 +110,12 @@ def test_time_limit_shorter_than_run_requeues_until_done(
 ) -> None:
     # slurmctld checks limits every 30 s and sends the warning signal once the time left is under the delay
     # plus 30 s: with a one-minute limit and a 5 s delay, USR2 lands 25-55 s into each start (after the
-    # trainer is up) and the kill would come one check later. ~45 s of training needs at least two starts.
+    # trainer is up) and the kill would come one check later. 60 epochs of digits are >= 60 s of training even on
+    # a fast, idle machine, so at least two starts are needed; a loaded machine just needs more of them.
     run_dir = tmp_path / "run"
     args = [*_cpu_args(slurm_env, tmp_path, nodes=1, minutes=1), "--signal-delay", "5"]
-    [job] = submit.main([*args, *tiny, "trainer.epochs=20", f"run_dir={run_dir}"])
-    assert _finish(job, timeout_s=270) == "COMPLETED"
+    [job] = submit.main([*args, *tiny, "trainer.epochs=60", f"run_dir={run_dir}"])
+    assert _finish(job, timeout_s=600) == "COMPLETED"
     log = _log(run_dir)
     assert "received SIGUSR2" in log and "resumed from" in log
     assert '"status": "completed"' in (run_dir / "results.json").read_text()
