@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise PekdError(str(problem))
     setup_logging(run_dir, env.rank)
     log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
-             cfg.teacher.name or "-", cfg.model.name, cfg.method.name, env.world, plan.accum, plan.micro)
+             cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world, plan.accum, plan.micro)
 
     bank_views = cfg.bank.views if cfg.teacher.mode == "bank" else 0
     train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
@@ -116,7 +116,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model: Any,
                    load_weights: Any) -> tuple[Any, int | None]:
     tcfg = cfg.teacher
-    if tcfg.mode == "none" or not tcfg.name:
+    needed = cfg.method.name != "ce" or cfg.method.kd_weight > 0  # CE-only ignores a configured teacher
+    if tcfg.mode == "none" or not tcfg.name or not needed:
         return None, None
     if tcfg.mode == "bank":
         from pekd.teacher.bank import BankTeacher
