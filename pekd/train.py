@@ -94,7 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise PekdError(str(problem))
     setup_logging(run_dir, env.rank)
     log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
-             cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world, plan.accum, plan.micro)
+             cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world,
+             plan.accum, plan.micro)
 
     bank_views = cfg.bank.views if cfg.teacher.mode == "bank" else 0
     train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
