@@ -127,9 +127,6 @@ def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model:
         return teacher, teacher.feature_dim
     from pekd.teacher.online import OnlineTeacher
 
-    if not tcfg.weights:
-        raise PekdError(f"teacher.weights is empty for teacher.name={tcfg.name}: a random teacher teaches nothing; "
-                        "point it at a trained checkpoint (torchvision or RepDistiller format)")
     model = build_model(tcfg.name, src.num_classes, src.in_chans)
     load_weights(model, tcfg.weights)
     return OnlineTeacher(model.to(device), cfg.trainer.channels_last), model.feature_dim

@@ -11,11 +11,21 @@ Two fake nodes of two CPUs each: enough for a two-node gloo job or four one-task
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from slurm.local_cluster import LocalCluster
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    """Poll until predicate() is true; a clear assertion names what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

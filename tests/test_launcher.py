@@ -11,7 +11,6 @@ import importlib.util
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +21,7 @@ from omegaconf import OmegaConf
 from pekd.launch import FailureRecord, export_rendezvous, failure_signature
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
-from tests.slurm_fixture import slurm_cluster, slurm_env  # noqa: F401
+from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,17 +58,9 @@ def _cpu_args(cluster: LocalCluster, folder: Path | str, nodes: int = 2, minutes
             "--time", str(minutes)]
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def _finish(job, timeout_s: float = 240) -> str:
     """Wait for the job to leave the queue for good; returns SLURM's final state."""
-    _wait_for(lambda: job.watcher.is_done(job.job_id, mode="force"), timeout_s, f"job {job.job_id}")
+    wait_for(lambda: job.watcher.is_done(job.job_id, mode="force"), timeout_s, f"job {job.job_id}")
     return job.watcher.get_state(job.job_id, mode="cache")
 
 
@@ -85,7 +76,7 @@ def test_preempted_two_task_run_resumes_and_matches_uninterrupted(
     [reference] = submit.main([*_cpu_args(slurm_env, tmp_path), *recipe, f"run_dir={ref_dir}"])
     [preempted] = submit.main([*_cpu_args(slurm_env, tmp_path), *recipe, f"run_dir={pre_dir}"])
 
-    _wait_for(lambda: "step 10/" in (_log(pre_dir) if (pre_dir / "logs" / "rank0.log").exists() else ""),
+    wait_for(lambda: "step 10/" in (_log(pre_dir) if (pre_dir / "logs" / "rank0.log").exists() else ""),
               120, "the run to train a few steps")
     slurm_env.run("scancel", "--signal=USR2", preempted.job_id)
     assert _finish(preempted) == "COMPLETED"

@@ -13,7 +13,7 @@ import pytest
 import submitit
 
 from slurm.local_cluster import LocalCluster
-from tests.slurm_fixture import slurm_cluster, slurm_env  # noqa: F401
+from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
 
 # pytest imports this file under a name the job's interpreter cannot import: ship its code by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -29,16 +29,8 @@ def _sacct_state(cluster: LocalCluster, job_id: str) -> str:
 
 def _final_state(job: submitit.Job) -> str:
     """The job's state once SLURM has finished it; job.state alone may be a cached PENDING/RUNNING."""
-    _wait_for(lambda: job.watcher.is_done(job.job_id, mode="force"), 30, f"job {job.job_id} to finish")
+    wait_for(lambda: job.watcher.is_done(job.job_id, mode="force"), 30, f"job {job.job_id} to finish")
     return job.watcher.get_state(job.job_id, mode="cache")
-
-
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_start_is_idempotent_and_stop_leaves_no_daemon(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -60,7 +52,7 @@ def test_sbatch_job_runs_and_sacct_reports_it(slurm_cluster: LocalCluster, tmp_p
         "sbatch", "--parsable", "-o", str(out), "--wrap", "echo hello from $SLURM_JOB_NODELIST"
     )
     job_id = submitted.stdout.strip().split(";")[0]
-    _wait_for(lambda: _sacct_state(slurm_cluster, job_id) == "COMPLETED", 30, "the job to complete")
+    wait_for(lambda: _sacct_state(slurm_cluster, job_id) == "COMPLETED", 30, "the job to complete")
     assert out.read_text().startswith("hello from 127.0.0.")
 
 
@@ -96,7 +88,7 @@ def test_usr2_reaches_job_and_requeues_it(slurm_env: LocalCluster, tmp_path: Pat
     executor = submitit.AutoExecutor(folder=tmp_path / "%j")
     executor.update_parameters(slurm_partition=slurm_env.partition, timeout_min=10)
     job = executor.submit(_SleepUntilRequeued(), marker)
-    _wait_for(marker.exists, 60, "the job to start")
+    wait_for(marker.exists, 60, "the job to start")
     slurm_env.run("scancel", "--signal=USR2", job.job_id)
     assert job.result() == 2
     assert _final_state(job) == "COMPLETED"

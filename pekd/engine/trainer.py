@@ -147,11 +147,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def _micro_step(self, batch: Batch, sync: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        host = batch  # index/view as the loader made them: a feature bank gathers with them on the host
         x, batch = self._prepare(batch)
         with self._autocast():
             feat_t = logits_t = None
             if self.teacher is not None:
-                feat_t, logits_t = self.teacher(x, batch)
+                feat_t, logits_t = self.teacher(x, host)
             ctx = self.ddp.no_sync() if (not sync and isinstance(self.ddp, DDP)) else nullcontext()
             with ctx:
                 logits, losses = self.ddp(x, batch.labels, feat_t, logits_t)
@@ -238,8 +239,8 @@ class Trainer:
                 audit.write(f"{p.epoch} {p.global_step} " + " ".join(str(int(i)) for b in micro for i in b.index)
                             + "\n")
             terms, correct, n = self.train_step(micro)
-            flags = torch.tensor([float(stop.requested), float(not all(torch.isfinite(v).all() for v in
-                                                                        terms.values()))], device=self.device)
+            finite = torch.isfinite(torch.stack(list(terms.values()))).all()
+            flags = torch.stack([torch.tensor(float(stop.requested), device=self.device), (~finite).float()])
             all_reduce_max(flags)
             if flags[1] > 0:
                 self._fail_nonfinite(terms)
