@@ -6,6 +6,10 @@ trainer's own optimizer step (Trainer.train_step + SGD update) is timed with the
 interleaved (bench/timing.py) so both modes see the same machine load, on the same prefetched batches (data loading
 is the same work in both modes and is left out). The bank's read (one gather by (index, view)) is timed on its own
 as a fraction of the bank step. Goals: bank step <= 0.65 x online step; bank read < 2% of the step.
+
+A bank can at best remove the teacher's forward pass and nothing else, so the teacher's forward is timed in the
+same rounds too: 1 - (teacher forward / online step) is the floor of the ratio on this machine, whatever the
+bank does, and the bank's distance to that floor is what the implementation controls.
 Extra arguments are Hydra overrides of the run, e.g. trainer.amp=off trainer.channels_last=false.
 """
 
@@ -84,6 +88,18 @@ def reader(bank: BankTeacher, batches: list[Batch]) -> Callable[[], None]:
     return read
 
 
+def forward(teacher: OnlineTeacher, trainer: Trainer, batches: list[Batch]) -> Callable[[], None]:
+    """The online teacher's forward alone, on the trainer's prepared input: all a bank can save."""
+    it = cycle(batches)
+
+    def run() -> None:
+        batch = next(it)
+        x, _ = trainer.prepare(batch)
+        teacher(x, batch)
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="training crop side (px)")
@@ -114,8 +130,10 @@ def main() -> None:
         model = build_model("resnet34", CLASSES)
         load_weights(model, str(weights))
         online = OnlineTeacher(model, cfg.trainer.channels_last)
-        steps = {"online teacher": stepper(trainer_for(cfg, online, model.feature_dim, src, tmp / "run"), batches),
-                 "feature bank": stepper(trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run"), batches)}
+        online_trainer = trainer_for(cfg, online, model.feature_dim, src, tmp / "run")
+        steps = {"online teacher": stepper(online_trainer, batches),
+                 "feature bank": stepper(trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run"), batches),
+                 "teacher forward alone": forward(online, online_trainer, batches)}
         times = interleaved(steps, rounds=args.rounds, reps=1, warmup=2)
         read = interleaved({"read": reader(bank, batches)}, rounds=args.rounds, reps=50)["read"]
 
@@ -125,6 +143,9 @@ def main() -> None:
     print(table(times, "online teacher", unit_items=args.batch))
     print(f"\nbank read (gather of {args.batch} rows by (index, view)): {1e3 * read:.3f} ms = "
           f"{100 * read / times['feature bank']:.3f}% of the bank step")
+    floor = 1 - times["teacher forward alone"] / times["online teacher"]
+    print(f"the teacher's forward is {100 * (1 - floor):.1f}% of the online step: no bank can do better than "
+          f"{floor:.3f}x here; this one is {ratio:.3f}x ({ratio / floor:.3f} x the floor)")
     print(f"goals: bank step <= 0.65x online: {'met' if ratio <= 0.65 else 'NOT met'} ({ratio:.2f}x); "
           f"bank read < 2% of the step: {'met' if read < 0.02 * times['feature bank'] else 'NOT met'}")
 

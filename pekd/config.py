@@ -41,6 +41,9 @@ class BankConfig:
     views: int = 1  # K augmentation views per sample; view k for (epoch, index) is drawn from (seed, epoch, index)
     dtype: str = "float16"
     chunk: int = 1024  # samples per precompute chunk (the unit of resume)
+    # teacher.mode=online shows the bank's K views too (not fresh ones each epoch): an online run that sees
+    # exactly what a bank run sees, to check a bank against the teacher or to measure what K views cost
+    online_same_views: bool = False
 
 
 @dataclass

@@ -97,7 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world,
              plan.accum, plan.micro)
 
-    bank_views = cfg.bank.views if cfg.teacher.mode == "bank" else 0
+    same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
+    bank_views = cfg.bank.views if same_views else 0
     train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
                                       bank_views=bank_views)
     eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)

@@ -83,7 +83,7 @@ def test_images_are_the_given_view(folder):
     batch = collect(loader, 0)[0]
     for img, i in zip(batch.images, batch.index.tolist(), strict=True):
         full = torch.from_numpy(src.image(i)).permute(2, 0, 1)
-        v = loader.loader.dataset.recipe.views(0, np.array([i]), np.array([full.shape[1]]),
+        v = loader.passes.loader.dataset.recipe.views(0, np.array([i]), np.array([full.shape[1]]),
                                                np.array([full.shape[2]]))
         ref = F.resized_crop(full, *v.box(0), [48, 48], antialias=True)
         assert torch.equal(img, F.horizontal_flip(ref) if v.flip[0] else ref)
@@ -106,7 +106,7 @@ def test_cifar_pad_crop(cifar):
     loader = build_train_loader(src, cfg, plan=Plan(32, 1, 1), rank=0, seed=0)
     batch = collect(loader, 0)[0]
     assert batch.images.shape == (32, 3, 32, 32)
-    recipe = loader.loader.dataset.recipe
+    recipe = loader.passes.loader.dataset.recipe
     v = recipe.views(0, batch.index.numpy(), np.full(32, 32), np.full(32, 32))
     for k, i in enumerate(batch.index.tolist()):
         padded = np.pad(src.arrays[i], ((4, 4), (4, 4), (0, 0)))

@@ -81,6 +81,16 @@ def check_beton(path: str, source: Source, key: str) -> None:
                         f"{want['source']}; point {key} at the matching file or {write}")
 
 
+def beton_settings(path: str) -> str:
+    """How a .beton's images were written (they are the pixels training decodes), from its sidecar."""
+    try:
+        found = json.loads(sidecar(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PekdError(f"data.train_beton={path!r}: cannot read its {sidecar(path).name} ({e}); write it with "
+                        "`python -m pekd.write_dataset`") from None
+    return ", ".join(f"{k}={found.get(k)}" for k in ("write_mode", "jpeg_quality", "max_resolution"))
+
+
 def crop_resize_flip(image: np.ndarray, box: np.ndarray, flip: bool, out: np.ndarray) -> None:
     """Crop image (H x W x 3) to box = (top, left, h, w), zeros outside, resize into out (INTER_AREA), flip.
 
@@ -188,6 +198,7 @@ class FfcvReader:
         check_beton(path, source, key)
         self.in_chans = source.in_chans
         self.order = GlobalOrder(order.astype(np.uint64))
+        self.capacity = len(order)  # FFCV sizes every epoch by the order it was built with: later ones may be shorter
         orig = self._original_sizes(path, key)
         self.views = ApplyViews(recipe, *orig, threads=max(1, workers))
         self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
@@ -212,6 +223,8 @@ class FfcvReader:
                 np.asarray(meta[f"f{FIELDS.index('width')}"], dtype=np.int64))
 
     def run(self, order: np.ndarray, epoch: int) -> Iterator[Batch]:
+        if len(order) > self.capacity:
+            raise ValueError(f"an FFCV reader built for {self.capacity} samples cannot run {len(order)}")
         self.order.order = order.astype(np.uint64)
         self.views.epoch = epoch
         it = iter(self.loader)
@@ -256,3 +269,19 @@ class FfcvEvalLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return self.reader.run(self.shard, 0)
+
+
+class FfcvPasses:
+    """Passes over given index batches under one key (a bank's view number): a bank's precompute reads the
+    .beton exactly as training does. Batches must all hold batch_size samples but the last (FFCV cuts them)."""
+
+    def __init__(self, source: Source, recipe: Recipe, path: str, *, batch_size: int, workers: int,
+                 os_cache: bool = True):
+        self.batch_size = batch_size
+        self.reader = FfcvReader(source, recipe, path, "data.train_beton", np.arange(len(source)), batch_size,
+                                 workers, os_cache, drop_last=False)
+
+    def run(self, key: int, batches: list[np.ndarray]) -> Iterator[Batch]:
+        if any(len(b) != self.batch_size for b in batches[:-1]):
+            raise ValueError(f"FFCV cuts batches of {self.batch_size}: only the last may be smaller")
+        return self.reader.run(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64), key)

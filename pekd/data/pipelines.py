@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+import numpy as np
+
 from pekd.config import DataConfig
 from pekd.data.batch import Batch
 from pekd.data.order import Plan
@@ -28,6 +30,13 @@ class TrainLoader(Protocol):
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This rank's micro-batches from global step start_step on; accum consecutive ones make one step."""
         ...
+
+
+class Passes(Protocol):
+    """Replays of chosen samples: run(key, batches) yields the batches in order, each sample viewed by the
+    recipe under `key` (for a bank's precompute: the view number)."""
+
+    def run(self, key: int, batches: list[np.ndarray]) -> Iterator[Batch]: ...
 
 
 def _check_pipeline(cfg: DataConfig) -> None:
@@ -54,6 +63,39 @@ def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int
 
     return TorchTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
                             on_corrupt=cfg.on_corrupt)
+
+
+def build_view_passes(source: Source, cfg: DataConfig, *, seed: int, bank_views: int, batch_size: int) -> Passes:
+    """A bank's precompute reader: run(k, batches) shows view k of each sample, decoded, cropped and resized by
+    the backend data.pipeline names -- the one training will read the same samples with."""
+    _check_pipeline(cfg)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, replay=True)
+    if cfg.pipeline == "ffcv":
+        from pekd.data.ffcv_pipeline import FfcvPasses
+
+        return FfcvPasses(source, recipe, cfg.train_beton, batch_size=batch_size, workers=cfg.workers,
+                          os_cache=cfg.os_cache)
+    if cfg.pipeline == "dali":
+        from pekd.data.dali_pipeline import DaliPasses
+
+        return DaliPasses(source, recipe, batch_size=batch_size, workers=cfg.workers, device=cfg.dali_device,
+                          on_corrupt=cfg.on_corrupt)
+    from pekd.data.torch_pipeline import TorchPasses
+
+    return TorchPasses(source, recipe, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
+
+
+def pixels_identity(cfg: DataConfig) -> str:
+    """Who makes the training pixels: backends crop the same boxes but decode and resize with their own kernels
+    (and an FFCV .beton may hold downscaled or re-encoded images), so a bank is tied to this."""
+    _check_pipeline(cfg)
+    if cfg.pipeline == "dali":
+        return f"dali (dali_device={cfg.dali_device})"
+    if cfg.pipeline == "ffcv":
+        from pekd.data.ffcv_pipeline import beton_settings
+
+        return f"ffcv ({beton_settings(cfg.train_beton)})"
+    return "torch"
 
 
 def build_eval_loader(source: Source, cfg: DataConfig, *, rank: int, world: int) -> Iterable[Batch]:

@@ -115,6 +115,22 @@ def make_loader(dataset: ViewDataset, sampler: KeyBatches, workers: int) -> Data
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
+class TorchPasses:
+    """Runs passes -- lists of index batches under one key (an epoch, or a bank's view number) -- through
+    DataLoader workers; persistent workers just see new (key, index) pairs."""
+
+    def __init__(self, source: Source, recipe: Recipe, *, workers: int, on_corrupt: str = "error"):
+        self.corrupt = CorruptPolicy(on_corrupt)
+        self.sampler = KeyBatches()
+        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+
+    def run(self, key: int, batches: Sequence[np.ndarray]) -> Iterator[Batch]:
+        self.sampler.batches = [[(key, int(i)) for i in b] for b in batches]
+        for batch, bad in self.loader:
+            self.corrupt.check(bad)
+            yield batch
+
+
 class TorchTrainLoader:
     """This rank's micro-batches of an epoch, in the global order, from DataLoader workers."""
 
@@ -122,22 +138,16 @@ class TorchTrainLoader:
                  on_corrupt: str = "error"):
         self.source, self.plan, self.rank, self.seed = source, plan, rank, seed
         self.steps_per_epoch = steps_per_epoch(len(source), plan.global_batch)
-        self.corrupt = CorruptPolicy(on_corrupt)
-        self.sampler = KeyBatches()
-        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+        self.passes = TorchPasses(source, recipe, workers=workers, on_corrupt=on_corrupt)
 
     @property
     def skipped(self) -> list[str]:
         """Paths of the corrupt images skipped so far (on_corrupt=skip); their batches come out smaller."""
-        return self.corrupt.skipped
+        return self.passes.corrupt.skipped
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         perm = epoch_permutation(len(self.source), self.seed, epoch)
-        micro = rank_micro_batches(perm, self.plan, self.rank, start_step)
-        self.sampler.batches = [[(epoch, int(i)) for i in m] for m in micro]
-        for batch, bad in self.loader:
-            self.corrupt.check(bad)
-            yield batch
+        return self.passes.run(epoch, rank_micro_batches(perm, self.plan, self.rank, start_step))
 
 
 class TorchEvalLoader(Iterable[Batch]):
@@ -146,13 +156,8 @@ class TorchEvalLoader(Iterable[Batch]):
     def __init__(self, source: Source, recipe: Recipe, *, rank: int, world: int, batch_size: int,
                  workers: int, on_corrupt: str = "error"):
         shard = eval_shard(len(source), rank, world)
-        self.sampler = KeyBatches()
-        self.sampler.batches = [[(0, int(i)) for i in shard[s:s + batch_size]]
-                                for s in range(0, len(shard), batch_size)]
-        self.corrupt = CorruptPolicy(on_corrupt)
-        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+        self.batches = [shard[s:s + batch_size] for s in range(0, len(shard), batch_size)]
+        self.passes = TorchPasses(source, recipe, workers=workers, on_corrupt=on_corrupt)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch, bad in self.loader:
-            self.corrupt.check(bad)
-            yield batch
+        return self.passes.run(0, self.batches)

@@ -139,24 +139,34 @@ class Recipe(Protocol):
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """Training augmentation: one of AUGMENTS at output side `size`, keyed by seed (and the bank's K)."""
+    """Training augmentation: one of AUGMENTS at output side `size`, keyed by seed (and the bank's K).
+
+    replay=True (a bank's precompute): a pass's key is not an epoch but the view number k, and every sample shows
+    its view k. Pipelines take the recipe as it is, so precompute decodes and resizes exactly as training does.
+    """
 
     augment: str
     size: int
     seed: int
     bank_views: int = 0
+    replay: bool = False
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
             raise PekdError(f"data.augment={self.augment!r} is not one of {list(AUGMENTS)}")
         if self.size <= 0:
             raise PekdError(f"data.image_size={self.size} must be positive")
+        if self.replay and self.bank_views <= 0:
+            raise PekdError("replaying bank views needs bank.views >= 1")
 
     def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
         index = np.asarray(index, dtype=np.int64)
         heights = np.asarray(heights, dtype=np.int64)
         widths = np.asarray(widths, dtype=np.int64)
-        if self.bank_views > 0:
+        if self.replay:
+            view = np.full_like(index, epoch)
+            u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
+        elif self.bank_views > 0:
             view = bank_view_ids(self.seed, epoch, index, self.bank_views)
             u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
         else:

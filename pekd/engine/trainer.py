@@ -136,7 +136,9 @@ class Trainer:
         ckpt.prune(self.ckpt_dir, self.tc.keep_last)
 
     # ---------------------------------------------------------------- steps
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, Batch]:
+    def prepare(self, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        """The batch on the device and the model input made from it (normalised, in the run's memory format):
+        the student and the online teacher get this same tensor."""
         batch = batch.to(self.device)
         x = batch.images
         if x.dtype == torch.uint8:
@@ -148,7 +150,7 @@ class Trainer:
 
     def _micro_step(self, batch: Batch, sync: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
         host = batch  # index/view as the loader made them: a feature bank gathers with them on the host
-        x, batch = self._prepare(batch)
+        x, batch = self.prepare(batch)
         with self._autocast():
             feat_t = logits_t = None
             if self.teacher is not None:
@@ -180,7 +182,7 @@ class Trainer:
         student.eval()
         counts = torch.zeros(3, device=self.device, dtype=torch.float64)
         for batch in self.eval_loader:
-            x, batch = self._prepare(batch)
+            x, batch = self.prepare(batch)
             with self._autocast():
                 _, logits = student(x)
             top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices

@@ -30,7 +30,7 @@ from pekd.data.batch import Batch
 from pekd.data.sources import Source
 from pekd.errors import PekdError
 
-FORMAT = 1
+FORMAT = 2  # 2: the spec names the pipeline that made the pixels
 MANIFEST = "manifest.json"
 BUILDING = "building.json"
 FEATURES = "features.bin"
@@ -50,6 +50,7 @@ CHECKED: dict[str, str] = {
     "views.image_size": "data.image_size",
     "views.seed": "seed",
     "views.K": "bank.views",
+    "views.pixels": "data.pipeline / data.dali_device / data.train_beton",
     "dtype": "bank.dtype",
 }
 
@@ -69,6 +70,7 @@ def weights_sha256(path: str) -> str:
 def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -> dict[str, Any]:
     """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
     import pekd
+    from pekd.data.pipelines import pixels_identity
 
     k, n = int(cfg.bank.views), len(source)
     return {
@@ -77,7 +79,7 @@ def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -
         "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_digest},
         "data": source.identity(),
         "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
-                  "K": k},
+                  "K": k, "pixels": pixels_identity(cfg.data)},
         "dtype": cfg.bank.dtype,
         "shape": [k, n, int(feature_dim)],
         "file": FEATURES,

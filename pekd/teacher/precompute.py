@@ -1,11 +1,12 @@
 """Build a feature bank: the frozen teacher over every (sample, view), sharded over ranks and resumable.
 
 The teacher runs exactly as the online teacher does inside the trainer (eval mode, no grad, the run's AMP
-setting and memory format) on exactly the tensors the student gets: the torch pipeline's own ViewDataset decodes
-and applies view k of sample i, and the images are normalised with the trainer's expression. Samples are cut into
-chunks of bank.chunk; a chunk's rows (all K views) are flushed to disk before its marker is written atomically,
-so a killed build restarts where it stopped, on any number of ranks. Rank 0 seals the manifest last, after a
-barrier; until then the bank is refused by training.
+setting and memory format) on exactly the tensors the student gets: the pipeline the config names (torch, FFCV or
+DALI) replays view k of each sample through the code training runs (TrainRecipe(replay=True)), and the images
+are normalised with the trainer's expression. Samples are cut into chunks of bank.chunk; a chunk's rows (all K
+views) are flushed to disk before its marker is written atomically, so a killed build restarts where it stopped,
+on any number of ranks. Rank 0 seals the manifest last, after a barrier; until then the bank is refused by
+training.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from pekd.data.batch import Batch
+from pekd.data.pipelines import Passes, build_eval_loader, build_view_passes
 from pekd.data.sources import Source, build_source
-from pekd.data.views import EvalRecipe, TrainRecipe, bank_view_ids
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from pekd.errors import PekdError
@@ -35,25 +35,6 @@ log = logging.getLogger("pekd")
 
 # A partial build may only be resumed by a build that would write the same bytes.
 RESUME_CHECKED = [*bank.CHECKED, "shape", "chunk", "precision.amp", "precision.channels_last"]
-
-
-def replay_epochs(seed: int, index: np.ndarray, view: int, views: int) -> np.ndarray:
-    """For each sample, an epoch in which training shows its view `view`.
-
-    The data layer draws view k of sample i from (seed, i, k) alone, whatever the epoch; keying the torch
-    pipeline's dataset with such an epoch makes it produce view k through the very code the trainer runs, so
-    the bank cannot drift from what the student sees. Each epoch hits a given view with probability 1/K, so the
-    search ends after about K * ln(len(index)) vectorised rounds.
-    """
-    epochs = np.full(len(index), -1, dtype=np.int64)
-    todo = np.arange(len(index))
-    epoch = 0
-    while todo.size:
-        hit = bank_view_ids(seed, epoch, index[todo], views) == view
-        epochs[todo[hit]] = epoch
-        todo = todo[~hit]
-        epoch += 1
-    return epochs
 
 
 class FrozenTeacher:
@@ -135,31 +116,20 @@ def prepare_folder(folder: Path, spec: dict[str, Any]) -> str:
     return "new"
 
 
-def view_loader(source: Source, cfg: Any, views: int, batches: list[list[tuple[int, int]]]) -> Iterator[Batch]:
-    """Batches keyed (epoch, index) through the torch pipeline's ViewDataset, exactly as training reads them."""
-    from pekd.data.torch_pipeline import CorruptPolicy, KeyBatches, ViewDataset, make_loader
-
-    recipe = TrainRecipe(cfg.data.augment, cfg.data.image_size, cfg.seed, views)
-    sampler = KeyBatches()
-    sampler.batches = batches
-    corrupt = CorruptPolicy(cfg.data.on_corrupt)
-    for batch, bad in make_loader(ViewDataset(source, recipe), sampler, cfg.data.workers):
-        corrupt.check(bad)
-        yield batch
+def passes_for(source: Source, cfg: Any) -> Passes:
+    return build_view_passes(source, cfg.data, seed=cfg.seed, bank_views=int(cfg.bank.views),
+                             batch_size=cfg.data.eval_batch_size)
 
 
-def work_plan(chunks: list[int], size: int, n: int, seed: int, views: int,
-              batch_size: int) -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
-    """Loader keys for every (chunk, view), cut into batches, and the (chunk, view) each batch belongs to."""
-    batches, owner = [], []
+def work_plan(chunks: list[int], size: int, n: int, views: int,
+              batch_size: int) -> list[tuple[int, int, list[np.ndarray]]]:
+    """(chunk, view, index batches) for every view of every chunk: one replay pass each."""
+    plan = []
     for c in chunks:
         rows = chunk_rows(c, size, n)
-        for k in range(views):
-            keys = list(zip(replay_epochs(seed, rows, k, views).tolist(), rows.tolist(), strict=True))
-            for s in range(0, len(keys), batch_size):
-                batches.append(keys[s:s + batch_size])
-                owner.append((c, k))
-    return batches, owner
+        batches = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
+        plan.extend((c, k, batches) for k in range(views))
+    return plan
 
 
 def to_bank_dtype(feat: torch.Tensor, dtype: str) -> np.ndarray:
@@ -187,23 +157,25 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     mine = pending[env.rank::env.world]
     log.info("computing %d chunks (%d samples x %d views) on %d rank(s); this rank: %d chunks", len(pending),
              n, views, env.world, len(mine))
-    batches, owner = work_plan(mine, size, n, cfg.seed, views, cfg.data.eval_batch_size)
-    left: dict[int, int] = {}
-    for c, _ in owner:
-        left[c] = left.get(c, 0) + 1
+    plan = work_plan(mine, size, n, views, cfg.data.eval_batch_size)
     features = bank.open_features(folder, spec, "r+")
-    images = sum(len(b) for b in batches)
+    images = sum(len(chunk_rows(c, size, n)) for c in mine) * views
     bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
                disable=not (env.is_main and cfg.trainer.progress))
+    passes = passes_for(source, cfg)
     t0 = time.perf_counter()
-    for batch, (c, k) in zip(view_loader(source, cfg, views, batches), owner, strict=True):
-        assert bool((batch.view == k).all()), "the data layer must replay view k for the keys replay_epochs chose"
-        if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
-            feat, _ = teacher(batch)
-            features[k, batch.index.numpy()] = to_bank_dtype(feat, spec["dtype"])
-        bar.update(len(batch))
-        left[c] -= 1
-        if left[c] == 0:
+    for c, k, batches in plan:
+        seen = 0
+        for batch in passes.run(k, batches):
+            assert bool((batch.view == k).all()), "a replay pass must show view k of every sample"
+            if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
+                feat, _ = teacher(batch)
+                features[k, batch.index.cpu().numpy()] = to_bank_dtype(feat, spec["dtype"])
+            bar.update(len(batch))
+            seen += len(batch)
+        assert seen == len(chunk_rows(c, size, n)) or cfg.data.on_corrupt == "skip", \
+            f"chunk {c} view {k}: the {cfg.data.pipeline} pipeline returned {seen} of its samples"
+        if k == views - 1:
             features.flush()  # the rows are on disk before the marker says so
             rows = chunk_rows(c, size, n)
             atomic_write_bytes(marker(folder, c), json.dumps(
@@ -218,12 +190,8 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
 @torch.no_grad()
 def teacher_top1(cfg: Any, teacher: FrozenTeacher, env: DistEnv) -> tuple[float, dict[str, object]]:
     """The teacher's top-1 (%) on the eval split, each rank on its shard; a bank records what it was built from."""
-    from pekd.data.torch_pipeline import TorchEvalLoader
-
     val = build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed)
-    loader = TorchEvalLoader(val, EvalRecipe(cfg.data.image_size, cfg.data.eval_resize), rank=env.rank,
-                             world=env.world, batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers,
-                             on_corrupt=cfg.data.on_corrupt)
+    loader = build_eval_loader(val, cfg.data, rank=env.rank, world=env.world)
     counts = torch.zeros(2, dtype=torch.float64, device=env.device)
     for batch in loader:
         _, logits = teacher(batch)
@@ -305,10 +273,10 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     k, n, d = spec["shape"]
     size = k * n * d * np.dtype(spec["dtype"]).itemsize
     bs = cfg.data.eval_batch_size
-    batches, _ = work_plan([0], min(n, bs * sample_batches), n, cfg.seed, k, bs)
-    batches = batches[:1] + batches[:sample_batches]  # the first pass pays for warm-up and is not timed
+    [(_, _, batches)] = work_plan([0], min(n, bs * sample_batches), n, 1, bs)
+    batches = batches[:1] + batches  # the first batch pays for warm-up and is not timed
     timed, t0 = 0, 0.0
-    for j, batch in enumerate(view_loader(source, cfg, k, batches)):
+    for j, batch in enumerate(passes_for(source, cfg).run(0, batches)):
         if j == 1:
             t0 = time.perf_counter()
         feat, _ = teacher(batch)
