@@ -7,9 +7,9 @@ interleaved (bench/timing.py) so both modes see the same machine load, on the sa
 is the same work in both modes and is left out). The bank's read (one gather by (index, view)) is timed on its own
 as a fraction of the bank step. Goals: bank step <= 0.65 x online step; bank read < 2% of the step.
 
-A bank can at best remove the teacher's forward pass and nothing else, so the teacher's forward is timed in the
-same rounds too: 1 - (teacher forward / online step) is the floor of the ratio on this machine, whatever the
-bank does, and the bank's distance to that floor is what the implementation controls.
+A bank removes the teacher's forward pass and nothing else, so the teacher's forward is timed alone in the same
+rounds too: the time a bank saves per step should match it (it can exceed it a little: without the teacher the
+student's weights and activations stay in cache), and 1 - forward / online step is the ratio the machine allows.
 Extra arguments are Hydra overrides of the run, e.g. trainer.amp=off trainer.channels_last=false.
 """
 
@@ -143,9 +143,11 @@ def main() -> None:
     print(table(times, "online teacher", unit_items=args.batch))
     print(f"\nbank read (gather of {args.batch} rows by (index, view)): {1e3 * read:.3f} ms = "
           f"{100 * read / times['feature bank']:.3f}% of the bank step")
-    floor = 1 - times["teacher forward alone"] / times["online teacher"]
-    print(f"the teacher's forward is {100 * (1 - floor):.1f}% of the online step: no bank can do better than "
-          f"{floor:.3f}x here; this one is {ratio:.3f}x ({ratio / floor:.3f} x the floor)")
+    online, fwd = times["online teacher"], times["teacher forward alone"]
+    saved = online - times["feature bank"]
+    print(f"the bank saves {1e3 * saved:.0f} ms per step; the teacher's forward alone takes {1e3 * fwd:.0f} ms "
+          f"({100 * saved / fwd:.0f}% of it saved): here the teacher is {100 * fwd / online:.0f}% of the online "
+          f"step, so removing it predicts {1 - fwd / online:.2f}x")
     print(f"goals: bank step <= 0.65x online: {'met' if ratio <= 0.65 else 'NOT met'} ({ratio:.2f}x); "
           f"bank read < 2% of the step: {'met' if read < 0.02 * times['feature bank'] else 'NOT met'}")
 
