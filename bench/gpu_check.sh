@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU paths in one short run (about 5 minutes): NCCL DDP, fp16+GradScaler and bf16 AMP, interrupt-resume
-# equality on CUDA, DALI mixed decode, and resnet18 images/s. Run it on a CUDA machine after `make setup`:
+# equality on CUDA, DALI mixed decode, resnet18 images/s, and the feature bank's step vs the online teacher.
+# Run it on a CUDA machine after `make setup`:
 #   bash bench/gpu_check.sh 2>&1 | tee gpu_check.log
 # Figures go into the README with the date and the GPU's name.
 set -uo pipefail
@@ -24,5 +25,6 @@ PEKD_DIST_BACKEND= run $PY -m torch.distributed.run --standalone --nproc_per_nod
 run $PY -m pytest -q -x tests/test_distributed.py -k "bit_exact or ddp_matches"
 run $PY -m pytest -q -x tests/test_pipelines.py -k dali
 for amp in bf16 fp16; do run $PY -m bench.gpu_throughput --model resnet18 --amp $amp; done
-run $PY -m bench.loaders --dali-device mixed
+run $PY -m bench.loaders --dali-mixed --workers 8
+run $PY -m bench.teacher_modes --size 224 --batch 64 --rounds 15
 exit $status

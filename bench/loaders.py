@@ -29,6 +29,7 @@ from pekd.write_dataset import write_beton
 from tests.data_factory import make_image_folder
 
 PIPELINES = ("torch", "ffcv", "dali")
+MIXED = "dali mixed"  # DALI decoding on the GPU (--dali-mixed), next to the CPU pipelines
 
 
 def images_per_second(source: Source, cfg: DataConfig, batch: int, warmup: int) -> float:
@@ -40,7 +41,15 @@ def images_per_second(source: Source, cfg: DataConfig, batch: int, warmup: int) 
     start, n = time.perf_counter(), 0
     for b in loader.epoch(1):
         n += len(b)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # DALI mixed hands over CUDA tensors whose copies may still be in flight
     return n / (time.perf_counter() - start)
+
+
+def data_config(name: str, a: argparse.Namespace, beton: Path) -> DataConfig:
+    return DataConfig(source="imagefolder", pipeline="dali" if name == MIXED else name, augment="imagenet",
+                      image_size=a.size, workers=a.workers, train_beton=str(beton),
+                      dali_device="mixed" if name == MIXED else "cpu")
 
 
 def training_step(model_name: str, source: Source) -> Callable[[torch.Tensor], None]:
@@ -93,6 +102,7 @@ def main() -> None:
     p.add_argument("--dir", default="", help="where to write the data (default: a temporary folder)")
     p.add_argument("--attach", default="", help="also time training steps of this model fed by each pipeline")
     p.add_argument("--attach-steps", type=int, default=4)
+    p.add_argument("--dali-mixed", action="store_true", help="also time DALI decoding on the GPU (needs CUDA)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.dir or tmp)
@@ -106,14 +116,11 @@ def main() -> None:
             write_beton(source, beton, max_resolution=500, write_mode="proportion", jpeg_quality=90,
                         compress_probability=0.5, workers=a.workers)
         print(f"data: {len(source)} JPEGs of 400-500 px and {beton.name} in {time.perf_counter() - t:.0f} s")
-        rates = {}
-        for name in PIPELINES:
-            cfg = DataConfig(source="imagefolder", pipeline=name, augment="imagenet", image_size=a.size,
-                             workers=a.workers, train_beton=str(beton))
-            rates[name] = images_per_second(source, cfg, a.batch, a.warmup)
-        print(f"\nRandomResizedCrop {a.size} + flip, batch {a.batch}, {a.workers} workers, uint8 CHW on CPU\n")
+        names = [*PIPELINES, *([MIXED] if a.dali_mixed else [])]
+        rates = {name: images_per_second(source, data_config(name, a, beton), a.batch, a.warmup) for name in names}
+        print(f"\nRandomResizedCrop {a.size} + flip, batch {a.batch}, {a.workers} workers, uint8 CHW\n")
         print("| pipeline | images/s | vs torch |\n|---|---:|---:|")
-        for name in PIPELINES:
+        for name in names:
             print(f"| {name} | {rates[name]:.0f} | {rates[name] / rates['torch']:.2f}x |")
         if a.attach:
             fixed = fixed_batch_rate(source, a.batch, a.size, a.attach_steps, a.attach)
@@ -121,9 +128,7 @@ def main() -> None:
                   f"threads): one fixed batch {fixed:.1f} images/s\n")
             print("| pipeline | images/s with training | share of the fixed-batch rate |\n|---|---:|---:|")
             for name in PIPELINES:
-                cfg = DataConfig(source="imagefolder", pipeline=name, augment="imagenet", image_size=a.size,
-                                 workers=a.workers, train_beton=str(beton))
-                rate = attached_rate(source, cfg, a.batch, a.attach_steps, a.attach)
+                rate = attached_rate(source, data_config(name, a, beton), a.batch, a.attach_steps, a.attach)
                 print(f"| {name} | {rate:.1f} | {rate / fixed:.2f} |")
 
 

@@ -54,12 +54,21 @@ def write_images(root: Path, per_class: int, side: int, seed: int) -> None:
             Image.fromarray(coarse).resize((side, side), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=90)
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    """Timed calls end when the device is done, not when the kernels are queued."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def trainer_for(cfg: Any, teacher: Any, d_t: int, src: Any, run_dir: Path) -> Trainer:
     """The run's trainer as pekd.train assembles it (same seed, so both modes start from the same student)."""
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.model.name, src.num_classes, src.in_chans)
     method = build_method(cfg.method, student.feature_dim, d_t)
-    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    env = DistEnv(0, 1, 0, DEVICE)
     plan = Plan.make(cfg.data.batch_size, 1)
     return Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, None, None, src.mean, src.std, plan)
 
@@ -73,6 +82,7 @@ def stepper(trainer: Trainer, batches: list[Batch]) -> Callable[[], None]:
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
         trainer.optimizer.zero_grad(set_to_none=True)
+        sync()
 
     return step
 
@@ -83,7 +93,8 @@ def reader(bank: BankTeacher, batches: list[Batch]) -> Callable[[], None]:
 
     def read() -> None:
         batch = next(it)
-        bank(batch.images, batch)
+        bank(batch.images.to(DEVICE), batch)
+        sync()
 
     return read
 
@@ -96,8 +107,15 @@ def forward(teacher: OnlineTeacher, trainer: Trainer, batches: list[Batch]) -> C
         batch = next(it)
         x, _ = trainer.prepare(batch)
         teacher(x, batch)
+        sync()
 
     return run
+
+
+def device_name() -> str:
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{torch.get_num_threads()} CPU threads"
 
 
 def main() -> None:
@@ -129,7 +147,7 @@ def main() -> None:
         bank = BankTeacher.open(cfg.teacher.bank, cfg, src)
         model = build_model("resnet34", CLASSES)
         load_weights(model, str(weights))
-        online = OnlineTeacher(model, cfg.trainer.channels_last)
+        online = OnlineTeacher(model.to(DEVICE), cfg.trainer.channels_last)
         online_trainer = trainer_for(cfg, online, model.feature_dim, src, tmp / "run")
         steps = {"online teacher": stepper(online_trainer, batches),
                  "feature bank": stepper(trainer_for(cfg, bank, bank.feature_dim, src, tmp / "run"), batches),
@@ -139,7 +157,7 @@ def main() -> None:
 
     tc, ratio = cfg.trainer, times["feature bank"] / times["online teacher"]
     print(f"\nPEFD resnet34 -> resnet18, {args.size}px, batch {args.batch}, trainer.amp={tc.amp}, channels_last="
-          f"{tc.channels_last}, {torch.get_num_threads()} CPU threads, median of {args.rounds} interleaved steps\n")
+          f"{tc.channels_last}, {device_name()}, median of {args.rounds} interleaved steps\n")
     print(table(times, "online teacher", unit_items=args.batch))
     print(f"\nbank read (gather of {args.batch} rows by (index, view)): {1e3 * read:.3f} ms = "
           f"{100 * read / times['feature bank']:.3f}% of the bank step")
