@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -83,9 +84,17 @@ class FailureRecord:
 
 
 def failure_signature(error: BaseException) -> str:
-    """What makes two failures 'the same': the exception type and the first line of its message."""
-    first_line = next(iter(str(error).splitlines()), "")
-    return f"{type(error).__name__}: {first_line[:300]}"
+    """What makes two failures 'the same': the type and first message line of the error at the bottom of its
+    `raise ... from` chain, with numbers masked. One failure surfaces in different ways from start to start (a
+    DataLoader worker killed by the OOM killer is reported as 'killed by signal', or as 'exited unexpectedly'
+    raised from that), and its message names a pid, port or address that is new on every start."""
+    for _ in range(32):  # a cause chain is short; the bound only guards against a cycle
+        cause = error.__cause__
+        if cause is None or not str(cause).strip():
+            break
+        error = cause
+    first_line = next(iter(str(error).splitlines()), "")[:300]
+    return f"{type(error).__name__}: {re.sub(r'0x[0-9a-fA-F]+|[0-9]+', '#', first_line)}"
 
 
 class TrainJob(submitit.helpers.Checkpointable):

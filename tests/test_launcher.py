@@ -1,5 +1,6 @@
-"""launchers/submit.py against the local SLURM cluster: two-task gloo runs, preemption, time limits, sweeps as
-job arrays, and bad input refused before anything is submitted.
+"""launchers/submit.py against the local SLURM cluster: two-task gloo runs, preemption, time limits, crashes that
+requeue (and a crash that keeps coming back, which must not), sweeps as job arrays, bad input refused before
+anything is submitted; and --local (submitit's LocalExecutor, no SLURM).
 
 Runs are tiny (8x8 digits, resnet8 student and a random resnet8 teacher, one thread per task): what is tested is
 the plumbing - requeue, resume, rendezvous - not the learning.
@@ -8,8 +9,10 @@ the plumbing - requeue, resume, rendezvous - not the learning.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +20,13 @@ from types import ModuleType
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pekd.launch import FailureRecord, export_rendezvous, failure_signature
+from pekd.launch import FAILURES_FILE, FailureRecord, export_rendezvous, failure_signature
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
+from tests.train_helpers import TINY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +135,167 @@ def test_sweep_is_one_job_array_and_report_summarises_it(
         assert label in table
     assert "| 1/1 |" in table and "Incomplete" not in table
     assert (sweep_dir / "report.png").stat().st_size > 0
+
+
+# A run that crashes for real: one DataLoader worker per task, killed with SIGKILL the way the kernel's OOM killer
+# kills a process. The training process then raises RuntimeError "DataLoader worker (pid N) is killed by signal"
+# (or "... exited unexpectedly" from that) - an ordinary exception, which pekd.launch answers by requeueing the job.
+# 8 epochs of 44 steps, a checkpoint every 5 steps: long enough to crash mid-run after a checkpoint.
+CRASHY = [*TINY, "method=ce", "teacher=none", "data.workers=1", "trainer.epochs=8", "trainer.ckpt_every_steps=5"]
+CRASHY_STEPS = 8 * 44
+
+
+def _task_processes(job_id: str) -> dict[int, tuple[int, str]]:
+    """This job's live Python processes on this host, from /proc: pid -> (parent pid, SLURM restart count).
+
+    The task (submitit's runner, under slurmstepd) and the DataLoader workers it forks share its command line and
+    environment, so a worker is a match whose parent is one too.
+    """
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if (not argv[0].rsplit(b"/", 1)[-1].startswith(b"python") or b"submitit.core._submit" not in argv
+                or f"SLURM_JOB_ID={job_id}".encode() not in environ or stat[0] in ("Z", "X")):
+            continue
+        restarts = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"SLURM_RESTART_COUNT=")]
+        found[int(entry.name)] = (int(stat[1]), restarts[0] if restarts else "0")
+    return found
+
+
+def _loader_workers(job_id: str) -> dict[int, str]:
+    """DataLoader worker pid -> the start (SLURM restart count) of the job it belongs to."""
+    procs = _task_processes(job_id)
+    return {pid: start for pid, (parent, start) in procs.items() if parent in procs}
+
+
+def _restarts(cluster: LocalCluster, job_id: str) -> int:
+    """How often SLURM requeued the job (same job id, next start)."""
+    found = re.search(r"\bRestarts=(\d+)", cluster.run("scontrol", "show", "job", job_id).stdout)
+    assert found, f"scontrol knows no job {job_id}"
+    return int(found.group(1))
+
+
+def _steps_logged(log: str) -> list[tuple[int, str]]:
+    """(global step, loss) of every training log line, in order."""
+    return [(int(g), loss) for g, loss in re.findall(r"\(global (\d+)\): loss (\S+)", log)]
+
+
+def test_a_crash_requeues_the_job_and_it_resumes_from_its_newest_checkpoint(
+    slurm_env: LocalCluster, tmp_path: Path  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    [job] = submit.main([*_cpu_args(slurm_env, tmp_path, nodes=1), *CRASHY, f"run_dir={run_dir}"])
+    wait_for(lambda: any((run_dir / "checkpoints").glob("ckpt-*.pt")), 120, "a first checkpoint")
+    procs = _task_processes(job.job_id)
+    [trainer] = [pid for pid, (parent, _) in procs.items() if parent not in procs]
+    workers = _loader_workers(job.job_id)  # the training loader's (and from the first eval on, the eval loader's)
+    assert workers and set(workers.values()) == {"0"}
+    os.kill(min(workers), signal.SIGKILL)
+    wait_for(lambda: trainer not in _task_processes(job.job_id), 60, "the crashed training process to exit")
+    # Nothing else writes checkpoints until the requeued job starts (seconds later): this is what it must find.
+    newest = max(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("ckpt-*.pt"))
+    assert _finish(job) == "COMPLETED"
+
+    assert _restarts(slurm_env, job.job_id) == 1
+    log = _log(run_dir)
+    assert re.search(rf"job {job.job_id} failed \(1 of at most 3 times in a row\): .*; requeueing\nTraceback",
+                     log), log
+    first, _, second = log.partition("resumed from ")
+    assert re.fullmatch(rf"\S+/ckpt-0*{newest}\.pt: epoch {newest // 44}, step {newest % 44} of the epoch, "
+                        rf"global step {newest}", second.split("\n", 1)[0]), second[:300]
+    assert "resumed from" not in second  # one restart, one resume
+    before, after = dict(_steps_logged(first)), _steps_logged(second)
+    assert 0 < newest <= max(before) < CRASHY_STEPS  # the crash came after the checkpoint, mid-run
+    assert [g for g, _ in after] == list(range(newest + 1, CRASHY_STEPS + 1))  # on from the checkpoint's step
+    # Deterministic training: steps the crashed start had already done (after its checkpoint) come out the same.
+    assert all(before[g] == loss for g, loss in after if g in before)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["global_step"], results["epoch"]) == ("completed", CRASHY_STEPS, 8)
+    assert not (tmp_path / "submitit" / job.job_id / FAILURES_FILE).exists()  # a finished run starts counting over
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert len(steps) == len(set(steps)), "the crashed start's steps after the checkpoint are purged, not doubled"
+    # Every step is there once, except (today) the checkpoint's own step: the trainer reopens TensorBoard with
+    # purge_step=<checkpoint step>, which also drops that step's events although the checkpoint includes them.
+    assert set(range(1, CRASHY_STEPS + 1)) - {newest} <= set(steps) <= set(range(1, CRASHY_STEPS + 1))
+    assert [e.step for e in acc.Scalars("val/top1")] == [44 * (e + 1) for e in range(8) if 44 * (e + 1) != newest]
+
+
+def test_a_crash_that_keeps_coming_back_fails_the_job_after_max_failures(
+    slurm_env: LocalCluster, tmp_path: Path  # noqa: F811
+) -> None:
+    # The same crash in every start (a loader worker OOM-killed each time): its message names a new pid each time,
+    # and it surfaces as "killed by signal" or as "exited unexpectedly" raised from that, which must still count as
+    # the same failure.
+    run_dir = tmp_path / "run"
+    args = [*_cpu_args(slurm_env, tmp_path, nodes=1), "--max-failures", "2"]
+    [job] = submit.main([*args, *CRASHY, f"run_dir={run_dir}"])
+    # Starts whose loader worker was killed. At most 3: a job that requeues on and on completes in its 4th start and
+    # fails the test, instead of looping until the test times out.
+    crashed: set[str] = set()
+
+    def crash_every_start() -> bool:
+        for pid, start in _loader_workers(job.job_id).items():
+            if start not in crashed and len(crashed) < 3:
+                os.kill(pid, signal.SIGKILL)
+                crashed.add(start)
+        return job.watcher.is_done(job.job_id, mode="force")
+
+    wait_for(crash_every_start, 300, f"job {job.job_id} to end")
+    log = _log(run_dir)
+    assert job.watcher.get_state(job.job_id, mode="cache") == "FAILED", log
+    record = json.loads((tmp_path / "submitit" / job.job_id / FAILURES_FILE).read_text())
+    assert record["count"] == 2 and record["signature"].startswith("RuntimeError: DataLoader worker (pid"), record
+    assert re.search(rf"job {job.job_id} failed 2 times in a row with {re.escape(record['signature'])}; not "
+                     "requeueing\nTraceback", log), log
+    assert log.count(f"job {job.job_id} failed (1 of at most 2 times in a row): ") == 1
+    assert crashed == {"0", "1"} and _restarts(slurm_env, job.job_id) == 1  # requeued once, then failed for good
+
+
+def test_failures_that_differ_only_in_numbers_are_the_same_failure() -> None:
+    # pids, ports and addresses change on every start of the same failure
+    assert failure_signature(RuntimeError("DataLoader worker (pid(s) 4453) exited unexpectedly")) == \
+        failure_signature(RuntimeError("DataLoader worker (pid(s) 91) exited unexpectedly"))
+    assert failure_signature(RuntimeError("Connection closed by peer [127.0.0.2]:40417")) == \
+        failure_signature(RuntimeError("Connection closed by peer [127.0.0.1]:5123"))
+    # the same failure surfacing through a wrapper (`raise ... from`) is still the same failure
+    killed = RuntimeError("DataLoader worker (pid 4453) is killed by signal: Killed. ")
+    try:
+        raise RuntimeError("DataLoader worker (pid(s) 4453) exited unexpectedly") from killed
+    except RuntimeError as wrapped:
+        assert failure_signature(wrapped) == failure_signature(killed) == \
+            "RuntimeError: DataLoader worker (pid #) is killed by signal: Killed. "
+    assert failure_signature(RuntimeError("a")) != failure_signature(OSError("a"))
+    assert failure_signature(RuntimeError("disk full")) != failure_signature(RuntimeError("out of memory"))
+
+
+def test_local_executor_runs_a_job_without_slurm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    [job] = submit.main(["--local", "--folder", str(tmp_path), "--gpus", "0", "--time", "5", *TINY, "method=ce",
+                         "teacher=none", "trainer.epochs=2", f"run_dir={run_dir}"])
+    assert type(job).__name__ == "LocalJob"
+    returned = job.result()  # waits; raises with the job's traceback if it failed
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == returned["status"] == "completed"
+    assert (results["global_step"], results["epoch"], results["world_size"]) == (88, 2, 1)
+    assert results["last_top1"] > 50.0  # digits: chance is 10%
+    assert (run_dir / "student.pt").is_file()
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 89))
+    assert [e.step for e in acc.Scalars("val/top1")] == [44, 88]
+    assert acc.Scalars("val/top1")[-1].value == pytest.approx(results["last_top1"], abs=1e-3)
+    assert json.loads((tmp_path / "launches" / f"{job.job_id}.json").read_text())["runs"][0]["run_dir"] == \
+        str(run_dir)
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
