@@ -78,3 +78,16 @@ def make_cifar_folder(root: Path, n_train: int = 200, n_test: int = 100, seed: i
     with (base / "meta").open("wb") as f:
         pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)]}, f)
     return root
+
+
+def small_imagenet(root: Path) -> Path:
+    """root/{train,val}: 48 / 12 JPEGs of 48-160 px in 3 classes (some grayscale, some CMYK), and a raw FFCV
+    .beton of each split (root/train.beton, root/val.beton)."""
+    from pekd.data.sources import build_source
+    from pekd.write_dataset import write_beton
+
+    make_image_folder(root, "train", classes=3, per_class=16)
+    make_image_folder(root, "val", classes=3, per_class=4, seed=1)
+    for split in ("train", "val"):
+        write_beton(build_source("imagefolder", str(root), split), root / f"{split}.beton", workers=2)
+    return root

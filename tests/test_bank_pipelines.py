@@ -21,7 +21,7 @@ from pekd.teacher import bank as bank_files
 from pekd.teacher.precompute import FrozenTeacher, precompute
 from pekd.train import compose_config, run
 from pekd.write_dataset import write_beton
-from tests.data_factory import make_image_folder
+from tests.data_factory import small_imagenet
 from tests.test_bank import losses
 from tests.train_helpers import final_model
 
@@ -34,11 +34,7 @@ PIPELINES = ("torch", "ffcv", "dali")
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 train / 12 val JPEGs of 48-160 px (some grayscale, some CMYK), their .betons, an untrained teacher."""
-    root = tmp_path_factory.mktemp("bank_pipelines")
-    make_image_folder(root, "train", classes=3, per_class=16)
-    make_image_folder(root, "val", classes=3, per_class=4, seed=1)
-    for split in ("train", "val"):
-        write_beton(build_source("imagefolder", str(root), split), root / f"{split}.beton", workers=2)
+    root = small_imagenet(tmp_path_factory.mktemp("bank_pipelines"))
     write_beton(build_source("imagefolder", str(root), "train"), root / "small.beton", max_resolution=64,
                 write_mode="jpg", workers=2)
     torch.manual_seed(0)

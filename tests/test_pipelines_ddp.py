@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pekd.data.sources import build_source
-from pekd.write_dataset import write_beton
-from tests.data_factory import make_image_folder
+from tests.data_factory import small_imagenet
 from tests.test_distributed import parameters_only
 from tests.train_helpers import final_model, train
 
@@ -21,12 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.Pytes
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 train / 12 val JPEGs of 48-160 px and their .betons."""
-    root = tmp_path_factory.mktemp("ddp_pipelines")
-    make_image_folder(root, "train", classes=3, per_class=16)
-    make_image_folder(root, "val", classes=3, per_class=4, seed=1)
-    for split in ("train", "val"):
-        write_beton(build_source("imagefolder", str(root), split), root / f"{split}.beton", workers=2)
-    return root
+    return small_imagenet(tmp_path_factory.mktemp("ddp_pipelines"))
 
 
 def overrides(root: Path, pipeline: str, run_dir: Path) -> list[str]:
