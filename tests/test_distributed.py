@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pekd.models import build_model
 from tests.train_helpers import TINY, final_model, start, train, wait
@@ -89,6 +90,12 @@ def test_sigusr2_mid_epoch_resume_is_bit_exact(random_teacher, tmp_path, world):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    logged = {}
+    for run_dir in (ref, cut):  # TensorBoard: every step once across the restart, with the same values
+        acc = EventAccumulator(str(run_dir / "tb"))
+        acc.Reload()
+        logged[run_dir] = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in logged[cut]] == list(range(1, 89)) and logged[cut] == logged[ref]
 
 
 def test_elastic_2_1_2_sees_every_sample_once_per_epoch(random_teacher, tmp_path):

@@ -198,7 +198,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         env, tc, p = self.env, self.tc, self.progress
         if env.is_main:
-            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=p.global_step or None)
+            # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
+            purge = p.global_step + 1 if p.global_step else None
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         self.module.train()
         steps = self.train_loader.steps_per_epoch
         if steps == 0:
