@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--max-requeues", type=int, default=100,
                     help="time limits/preemptions a run may span (a 100-epoch ImageNet run spans many)")
     ap.add_argument("--max-failures", type=int, default=3,
-                    help="crashes with the same error in a row before a job stops requeueing")
+                    help="crashes in a row without a new checkpoint before a job stops requeueing")
     ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit")
     ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM)")
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)

@@ -7,8 +7,10 @@ in the run directory, fixed at submission time, and every start resumes from its
 Stopping (SIGUSR2 from SLURM before the time limit, or a preemption): the trainer's handler only sets a flag;
 at the next step boundary the ranks agree, rank 0 checkpoints, and the trainer hands the signal on to submitit's
 handler, which calls `checkpoint()` below and requeues the job. A crash is different: the job requeues itself
-too (a node or network fault goes away), but only until the same error has happened `max_failures` times in a
-row; then it fails with that error in the log instead of burning allocations.
+too (a node or network fault goes away), but only until it has crashed `max_failures` times in a row without a
+new checkpoint in between; then it fails with the error in the log and in results.json instead of burning
+allocations. Progress, not the error text, decides: one cause (a loader worker OOM-killed) surfaces as different
+exceptions depending on timing, while a run that checkpoints between crashes is getting somewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -56,45 +57,50 @@ def export_rendezvous() -> None:
 
 @dataclass
 class FailureRecord:
-    """Consecutive failures of the same kind, kept next to submitit's files of the job (not in the run
-    directory, which must stay a clean pekd run until the trainer has adopted it)."""
+    """Consecutive crashes without progress, kept next to submitit's files of the job (not in the run directory,
+    which must stay a clean pekd run until the trainer has adopted it)."""
 
     path: Path
-    signature: str = ""
     count: int = 0
+    step: int = -1  # global step of the newest checkpoint when the last crash happened
+    error: str = ""
 
     @classmethod
     def load(cls, path: Path) -> FailureRecord:
         try:
             data = json.loads(path.read_text())
-            return cls(path, str(data["signature"]), int(data["count"]))
+            return cls(path, int(data["count"]), int(data["step"]), str(data["error"]))
         except (OSError, ValueError, KeyError):
             return cls(path)
 
-    def add(self, signature: str) -> int:
-        """Count one more failure; a different error starts the count again. Returns the new count."""
-        self.count = self.count + 1 if signature == self.signature else 1
-        self.signature = signature
+    def add(self, step: int, error: str) -> int:
+        """Count a crash; one after a newer checkpoint than the last crash's starts the count again."""
+        self.count = self.count + 1 if step == self.step else 1
+        self.step, self.error = step, error
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"signature": signature, "count": self.count}) + "\n")
+        self.path.write_text(json.dumps({"count": self.count, "step": step, "error": error}) + "\n")
         return self.count
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def failure_signature(error: BaseException) -> str:
-    """What makes two failures 'the same': the type and first message line of the error at the bottom of its
-    `raise ... from` chain, with numbers masked. One failure surfaces in different ways from start to start (a
-    DataLoader worker killed by the OOM killer is reported as 'killed by signal', or as 'exited unexpectedly'
-    raised from that), and its message names a pid, port or address that is new on every start."""
+def newest_checkpoint_step(run_dir: Path) -> int:
+    """Global step of the newest checkpoint file in the run directory (-1: none yet); names suffice to see progress."""
+    from pekd.engine.checkpoint import checkpoint_step, list_checkpoints
+
+    found = list_checkpoints(run_dir / "checkpoints")
+    return checkpoint_step(found[0]) if found else -1
+
+
+def failure_summary(error: BaseException) -> str:
+    """The type and first message line of the error at the bottom of its `raise ... from` chain: the cause."""
     for _ in range(32):  # a cause chain is short; the bound only guards against a cycle
         cause = error.__cause__
         if cause is None or not str(cause).strip():
             break
         error = cause
-    first_line = next(iter(str(error).splitlines()), "")[:300]
-    return f"{type(error).__name__}: {re.sub(r'0x[0-9a-fA-F]+|[0-9]+', '#', first_line)}"
+    return f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')[:300]}"
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -122,6 +128,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         except PekdError:
             raise  # a user error is the same on every try: fail now, with its message
         except Exception as error:
+            # A dead DataLoader worker also raises from torch's SIGCHLD handler, asynchronously, for as long as
+            # its iterator lives (the traceback keeps it alive): training is over, so stop listening first.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self._requeue_or_raise(error)
             raise
         finally:
@@ -140,23 +149,37 @@ class TrainJob(submitit.helpers.Checkpointable):
         to a checkpoint: it finds the newest valid one in the run directory when it starts."""
         return submitit.helpers.DelayedSubmission(TrainJob(self.resumable_cfg(), self.max_failures))
 
+    def _mark_failed(self, error: str, job_id: str) -> None:
+        """Say in the run directory that the run is over (pekd.report lists it as failed, with the error), keeping
+        what the last start recorded there."""
+        from pekd.engine.rundir import write_json
+
+        path = Path(str(self.cfg.run_dir)) / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            results = {}
+        write_json(path, {**results, "status": "failed", "error": error, "job_id": job_id})
+
     def _failures(self) -> FailureRecord:
         return FailureRecord.load(submitit.JobEnvironment().paths.folder / FAILURES_FILE)
 
     def _requeue_or_raise(self, error: BaseException) -> None:
-        """Rank 0 requeues the whole job after a crash unless this error keeps coming back; other ranks let
+        """Rank 0 requeues the whole job after a crash unless it keeps crashing without progress; other ranks let
         their error end their task (the requeue restarts them anyway)."""
         env = submitit.JobEnvironment()
         if env.global_rank != 0 or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
             return
-        signature = failure_signature(error)
-        count = self._failures().add(signature)
+        summary = failure_summary(error)
+        step = newest_checkpoint_step(Path(str(self.cfg.run_dir)))
+        count = self._failures().add(step, summary)
         details = traceback.format_exc()
         if count >= self.max_failures:
-            log.error("job %s failed %d times in a row with %s; not requeueing\n%s", env.job_id, count,
-                      signature, details)
+            log.error("job %s crashed %d times in a row without a new checkpoint (newest: step %d), last with %s; "
+                      "not requeueing\n%s", env.job_id, count, step, summary, details)
+            self._mark_failed(summary, env.job_id)
             return
-        log.error("job %s failed (%d of at most %d times in a row): %s; requeueing\n%s", env.job_id, count,
-                  self.max_failures, signature, details)
+        log.error("job %s crashed (%d of at most %d times without a new checkpoint): %s; requeueing\n%s",
+                  env.job_id, count, self.max_failures, summary, details)
         subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
         sys.exit(1)  # SystemExit passes submitit's error handler: no 'failed' result for a requeued job

@@ -129,7 +129,8 @@ def markdown(rows: list[Row], flagged: list[Run], root: Path) -> str:
         lines += ["", "## Incomplete or failed runs", ""]
         for r in flagged:
             where = f" at epoch {r.results['epoch']}/{r.results['epochs']}" if "epoch" in r.results else ""
-            lines.append(f"- {r.status}{where}: {r.path}")
+            error = f" ({r.results['error']})" if r.results.get("error") else ""
+            lines.append(f"- {r.status}{where}: {r.path}{error}")
     return "\n".join(lines) + "\n"
 
 

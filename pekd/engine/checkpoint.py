@@ -71,12 +71,19 @@ def ckpt_path(folder: Path, global_step: int) -> Path:
     return folder / f"ckpt-{global_step:09d}.pt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step in a checkpoint's file name."""
+    found = _NAME.match(path.name)
+    if not found:
+        raise ValueError(f"{path.name!r} is not a checkpoint file name")
+    return int(found.group(1))
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints newest first (by global step)."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=checkpoint_step, reverse=True)
 
 
 def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
