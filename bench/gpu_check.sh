@@ -23,7 +23,7 @@ done
 PEKD_DIST_BACKEND= run $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pekd.train $tiny \
     trainer.amp=fp16 run_dir=/tmp/gpu_check_nccl on_existing=overwrite
 run $PY -m pytest -q -x tests/test_distributed.py -k "bit_exact or ddp_matches"
-run $PY -m pytest -q -x tests/test_pipelines.py -k dali
+run $PY -m pytest -q -x -rs tests/test_dali.py
 for amp in bf16 fp16; do run $PY -m bench.gpu_throughput --model resnet18 --amp $amp; done
 run $PY -m bench.loaders --dali-mixed --workers 8
 run $PY -m bench.teacher_modes --size 224 --batch 64 --rounds 15

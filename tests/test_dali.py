@@ -110,3 +110,17 @@ def test_mixed_without_gpu_suggests_cpu(root):
     src = build_source("imagefolder", str(root), "val")
     with pytest.raises(PekdError, match="dali_device=cpu"):
         build_eval_loader(src, cfg(dali_device="mixed"), rank=0, world=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU decoding needs CUDA (bench/gpu_check.sh runs this)")
+def test_mixed_decoding_matches_cpu_decoding(root):
+    """nvJPEG on the GPU and libjpeg-turbo on the CPU decode the same boxes within a few grey levels; the batches
+    (order, labels, views) are the same, and the images arrive on the GPU."""
+    src, plan = build_source("imagefolder", str(root), "train"), Plan(12, 1, 2)
+    mixed = build_train_loader(src, cfg(dali_device="mixed"), plan=plan, rank=0, seed=5, bank_views=3)
+    cpu = build_train_loader(src, cfg(), plan=plan, rank=0, seed=5, bank_views=3)
+    for a, b in zip(mixed.epoch(1), cpu.epoch(1), strict=True):
+        assert a.images.is_cuda and a.images.dtype == torch.uint8 and a.images.shape == b.images.shape
+        for f in ("labels", "index", "view"):
+            assert torch.equal(getattr(a, f).cpu(), getattr(b, f))
+        assert (a.images.cpu().float() - b.images.float()).abs().mean() < 2.0
