@@ -18,7 +18,7 @@ from pekd.data.sources import build_source
 from pekd.errors import PekdError
 from pekd.models import build_model
 from pekd.teacher import bank as bank_files
-from pekd.teacher.precompute import FrozenTeacher, precompute
+from pekd.teacher.precompute import FrozenTeacher, dry_run, precompute
 from pekd.train import compose_config, run
 from pekd.write_dataset import write_beton
 from tests.data_factory import small_imagenet
@@ -62,6 +62,8 @@ def three_steps(root: Path, pipeline: str, run_dir: Path, *extra: str) -> tuple[
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_bank_training_is_online_training_on_every_pipeline(root, tmp_path, pipeline):
     folder = tmp_path / "bank"
+    plan = dry_run(compose_config(overrides(root, pipeline, f"teacher.bank={folder}")))
+    assert "[K=2, N=48, d=64] float32: 24.0 KiB" in plan and "images/s" in plan and not folder.exists()
     manifest = precompute(compose_config(overrides(root, pipeline, f"teacher.bank={folder}")))
     assert manifest["shape"] == [2, 48, 64] and manifest["views"]["pixels"].startswith(pipeline)
     loss_b, model_b = three_steps(root, pipeline, tmp_path / "bank_run", "teacher.mode=bank",

@@ -274,14 +274,14 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     size = k * n * d * np.dtype(spec["dtype"]).itemsize
     bs = cfg.data.eval_batch_size
     [(_, _, batches)] = work_plan([0], min(n, bs * sample_batches), n, 1, bs)
-    batches = batches[:1] + batches  # the first batch pays for warm-up and is not timed
-    timed, t0 = 0, 0.0
-    for j, batch in enumerate(passes_for(source, cfg).run(0, batches)):
-        if j == 1:
-            t0 = time.perf_counter()
+    passes = passes_for(source, cfg)
+    for batch in passes.run(0, batches[:1]):  # warm-up (JIT, workers, first touches), not timed
+        teacher(batch)
+    timed, t0 = 0, time.perf_counter()
+    for batch in passes.run(0, batches):
         feat, _ = teacher(batch)
         to_bank_dtype(feat, spec["dtype"])
-        timed += len(batch) if j else 0
+        timed += len(batch)
     rate = timed / (time.perf_counter() - t0)
     val_n = len(build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed))
     seconds = (k * n + val_n) / rate
