@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pekd.launch import FAILURES_FILE, FailureRecord, export_rendezvous, failure_summary
+from pekd.launch import FAILURES_FILE, FailureRecord, export_rendezvous, failure_summary, newest_checkpoint_step
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
@@ -201,7 +201,7 @@ def test_a_crash_requeues_the_job_and_it_resumes_from_its_newest_checkpoint(
     os.kill(min(workers), signal.SIGKILL)
     wait_for(lambda: trainer not in _task_processes(job.job_id), 60, "the crashed training process to exit")
     # Nothing else writes checkpoints until the requeued job starts (seconds later): this is what it must find.
-    newest = max(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("ckpt-*.pt"))
+    newest = newest_checkpoint_step(run_dir)
     assert _finish(job) == "COMPLETED"
 
     assert _restarts(slurm_env, job.job_id) == 1

@@ -163,11 +163,9 @@ class TrainRecipe:
         index = np.asarray(index, dtype=np.int64)
         heights = np.asarray(heights, dtype=np.int64)
         widths = np.asarray(widths, dtype=np.int64)
-        if self.replay:
-            view = np.full_like(index, epoch)
-            u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
-        elif self.bank_views > 0:
-            view = bank_view_ids(self.seed, epoch, index, self.bank_views)
+        if self.bank_views > 0:
+            view = (np.full_like(index, epoch) if self.replay  # a replay pass is keyed by the view number
+                    else bank_view_ids(self.seed, epoch, index, self.bank_views))
             u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
         else:
             view = np.zeros_like(index)

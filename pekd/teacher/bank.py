@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pekd.data.batch import Batch
+from pekd.data.pipelines import pixels_identity
 from pekd.data.sources import Source
 from pekd.errors import PekdError
 
@@ -70,7 +71,6 @@ def weights_sha256(path: str) -> str:
 def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -> dict[str, Any]:
     """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
     import pekd
-    from pekd.data.pipelines import pixels_identity
 
     k, n = int(cfg.bank.views), len(source)
     return {

@@ -159,7 +159,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
              n, views, env.world, len(mine))
     plan = work_plan(mine, size, n, views, cfg.data.eval_batch_size)
     features = bank.open_features(folder, spec, "r+")
-    images = sum(len(chunk_rows(c, size, n)) for c in mine) * views
+    images = sum(len(b) for _, _, batches in plan for b in batches)
     bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
                disable=not (env.is_main and cfg.trainer.progress))
     passes = passes_for(source, cfg)
@@ -173,7 +173,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
                 features[k, batch.index.cpu().numpy()] = to_bank_dtype(feat, spec["dtype"])
             bar.update(len(batch))
             seen += len(batch)
-        assert seen == len(chunk_rows(c, size, n)) or cfg.data.on_corrupt == "skip", \
+        assert seen == sum(map(len, batches)) or cfg.data.on_corrupt == "skip", \
             f"chunk {c} view {k}: the {cfg.data.pipeline} pipeline returned {seen} of its samples"
         if k == views - 1:
             features.flush()  # the rows are on disk before the marker says so
