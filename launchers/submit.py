@@ -2,18 +2,23 @@
 
     python launchers/submit.py [options] [hydra overrides ...]
     python launchers/submit.py -m method.beta=5,25,100 method.q=1,3     # a sweep: one SLURM job array
+    python launchers/submit.py --resume RUN_DIR [RUN_DIR ...]           # resubmit runs with their own config
 
 One task per GPU (--gpus per node x --nodes); on CPU-only clusters --gpus 0 runs --tasks-per-node tasks per
-node over gloo. Every run gets a run directory fixed now, so a job that is preempted, times out or crashes is
-requeued and resumes there (pekd.launch). Every check that can fail - the overrides, the partition, the
-folder, an existing run directory - runs before anything is submitted.
+node over gloo. Every run gets a run directory fixed now and named by its content (the config's name and hash;
+a sweep's folder by its fixed overrides and swept keys), so a job that is preempted, times out or crashes is
+requeued and resumes there (pekd.launch), and the same command typed again maps to the same directories and
+resumes them. Every check that can fail - the overrides, the partition, the folder, an existing run
+directory - runs before anything is submitted.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pekd.config import Config
 from pekd.errors import PekdError, user_errors_exit
 
 
@@ -66,6 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="crashes in a row without a new checkpoint before a job stops requeueing")
     ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit")
     ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM)")
+    ap.add_argument("--resume", nargs="+", type=Path, metavar="RUN_DIR",
+                    help="resubmit existing run directories with their own config.yaml (resources from here)")
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_intermixed_args(argv)
     for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node"):
@@ -75,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--gpus must be 0 or more")
     if args.local and args.nodes > 1:
         ap.error("--local runs on this machine: one node")
+    if args.resume and (args.overrides or args.multirun):
+        ap.error("--resume takes run directories only: their config.yaml says what to train (no overrides, no -m)")
     return args
 
 
@@ -199,17 +209,59 @@ def limit_minutes(text: str) -> int | None:
     return (int(days or 0) * 24 + hours) * 60 + mins
 
 
+def sweep_folder(root: Path, job_name: str, points: list[list[str]], swept: list[str]) -> Path:
+    """<root>/<job name>-<hash of the fixed overrides and the swept keys>: the same sweep typed again (or with
+    more values of a swept key, e.g. more seeds) lands in the same folder, and its finished points resume."""
+    fixed = sorted(o for o in points[0] if o.split("=", 1)[0] not in swept)
+    digest = hashlib.sha256(json.dumps([fixed, sorted(swept)]).encode()).hexdigest()[:8]
+    return root / f"{job_name}-{digest}"
+
+
+def resumed_runs(run_dirs: list[Path]) -> list[PlannedRun]:
+    """Existing run directories, each with its own resolved config.yaml (checked against the schema)."""
+    from pekd.config import register, validate
+
+    register()
+    runs = []
+    for d in run_dirs:
+        d = d.resolve()
+        if not (d / "config.yaml").is_file():
+            raise PekdError(f"--resume {str(d)!r}: no config.yaml there, not a pekd run directory; give the folder "
+                            "that holds config.yaml and checkpoints/")
+        try:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(d / "config.yaml"))
+        except Exception as e:  # omegaconf raises several types for a damaged or foreign file
+            raise PekdError(f"--resume {str(d)!r}: config.yaml does not fit pekd's schema ({e}); was it written "
+                            "by another pekd version?") from None
+        assert isinstance(cfg, DictConfig)
+        validate(cfg)
+        OmegaConf.update(cfg, "run_dir", str(d))
+        OmegaConf.update(cfg, "on_existing", "resume")
+        runs.append(PlannedRun([], cfg, d))
+    return runs
+
+
 def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     """Compose and check every point; returns the runs, the directory to point TensorBoard at, the job name."""
+    from pekd.engine.rundir import default_run_dir, run_name
     from pekd.train import compose_config
 
+    if args.resume:
+        runs = resumed_runs(args.resume)
+        job_name = args.job_name or run_name(runs[0].cfg)
+        tb = runs[0].run_dir if len(runs) == 1 else Path(os.path.commonpath([r.run_dir for r in runs]))
+        for r in runs:
+            if args.gpus == 0 and (reason := gpu_requirement(r.cfg)):
+                raise PekdError(f"--gpus 0, but {reason}; submit with --gpus N")
+        return runs, tb, job_name
     points, swept = expand_overrides(args.overrides, args.multirun)
     user_run_dir = any(o.split("=", 1)[0].lstrip("+") == "run_dir" for o in args.overrides)
     if user_run_dir and len(points) > 1:
         raise PekdError("run_dir= names one run; a sweep gets one run directory per point under --folder")
     cfgs = [compose_config(point) for point in points]
-    job_name = args.job_name or cfgs[0].name or "pekd"
-    base = args.folder.resolve() / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job_name = args.job_name or run_name(cfgs[0])
+    root = args.folder.resolve()
+    base = sweep_folder(root, job_name, points, swept) if len(points) > 1 else default_run_dir(cfgs[0], root)
     runs = []
     for point, cfg in zip(points, cfgs, strict=True):
         if user_run_dir:
@@ -217,7 +269,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
         else:
             run_dir = base / point_slug(point, swept) if len(points) > 1 else base
         OmegaConf.update(cfg, "run_dir", str(run_dir))
-        OmegaConf.resolve(cfg)  # ${now:...} and ${oc.env:...} mean what they mean now, on every requeue
+        OmegaConf.resolve(cfg)  # ${oc.env:...} means what it means now, on every requeue
         if args.gpus == 0 and (reason := gpu_requirement(cfg)):
             raise PekdError(f"--gpus 0, but {reason}; submit with --gpus N")
         check_run_dir(run_dir, cfg)

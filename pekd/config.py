@@ -38,7 +38,8 @@ class TeacherConfig:
 class BankConfig:
     """Feature bank layout (teacher.mode=bank and pekd.precompute)."""
 
-    views: int = 1  # K augmentation views per sample; view k for (epoch, index) is drawn from (seed, epoch, index)
+    views: int = 1  # K augmentation views per sample; the training seed picks which one an epoch shows
+    seed: int = 0  # the bank's own key: view k of sample i comes from (bank.seed, i, k): one bank, every seed
     dtype: str = "float16"
     chunk: int = 1024  # samples per precompute chunk (the unit of resume)
     # teacher.mode=online shows the bank's K views too (not fresh ones each epoch): an online run that sees
@@ -57,8 +58,9 @@ class DataConfig:
     max_micro_batch: int = 0  # per-process memory cap: accumulation steps are added to fit it (0 = no cap)
     eval_batch_size: int = 256
     workers: int = 2
-    subset: int = 0  # train on the first n of a seeded permutation (0 = all)
-    val_subset: int = 0
+    subset: int = 0  # train on the first n of a permutation keyed by split_seed (0 = all)
+    val_subset: int = 0  # evaluate on the first n of a permutation keyed by split_seed (0 = all)
+    split_seed: int = 0  # which samples subset/val_subset take: fixed across a seed sweep, so runs share a test set
     augment: str = "cifar"  # cifar: pad-4 crop + flip | imagenet: RandomResizedCrop + flip | flip | none
     image_size: int = 32  # training crop side
     eval_resize: int = 0  # eval: resize shorter side to this, then center-crop image_size (0 = no resize)
@@ -119,8 +121,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
-    run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
+    seed: int = 0  # the training seed: initialisation, data order, per-step randomness, bank view picks
+    run_dir: str = ""  # empty: runs/<name>-<hash of the config>, so the same command resumes the same run
     on_existing: str = "resume"  # resume (same config only) | overwrite | fail
     paper_top1: float = 0.0  # the paper's reported student top-1 for this recipe, shown by pekd.report
     name: str = ""

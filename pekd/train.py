@@ -43,6 +43,10 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None) -
         raise PekdError(f"bad config: {msg}; see configs/ and `python -m pekd.train --cfg` for the valid keys") \
             from None
     validate(cfg)
+    if not cfg.run_dir:
+        from pekd.engine.rundir import default_run_dir
+
+        OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
     return cfg
 
 
@@ -50,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one run described by cfg; returns results (status 'completed', 'preempted' or 'stopped')."""
     from pekd.data.order import Plan
     from pekd.data.pipelines import build_eval_loader, build_train_loader
-    from pekd.data.sources import build_source
+    from pekd.data.sources import run_sources
     from pekd.engine import checkpoint as ckpt
     from pekd.engine.distributed import broadcast_object, init_distributed
     from pekd.engine.logs import setup_logging
@@ -69,8 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
 
-    train_src = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
-    val_src = build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed)
+    train_src, val_src = run_sources(cfg)
     plan = Plan.make(cfg.data.batch_size, env.world, cfg.data.max_micro_batch)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
@@ -100,11 +103,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
     bank_views = cfg.bank.views if same_views else 0
     train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
-                                      bank_views=bank_views)
+                                      bank_views=bank_views, bank_seed=cfg.bank.seed)
     eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
     torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
     trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
-                      train_src.mean, train_src.std, plan)
+                      train_src.mean, train_src.std, plan,
+                      data_sets={"train": train_src.identity(), "eval": val_src.identity()})
     found = None
     if env.is_main:
         hit = ckpt.newest_valid(run_dir / "checkpoints")

@@ -163,13 +163,28 @@ def test_two_ranks_write_the_same_bank_as_one(teacher, cifar_bank, tmp_path):
     assert ranks == {0, 1}
 
 
+def test_one_bank_serves_every_training_seed(teacher, cifar_bank, tmp_path):
+    """The bank owns its views (bank.seed); the training seed only picks which view an epoch shows. A seed-1 run
+    reads the seed-0-built bank and equals an online seed-1 run shown the same views."""
+    common = [*CIFAR_VIEWS, "method=pefd", "trainer.max_steps=3", "seed=1"]
+    run(compose_config(with_teacher(teacher, *common, "teacher.mode=bank", f"teacher.bank={cifar_bank}",
+                                    f"run_dir={tmp_path / 'bank'}")))
+    run(compose_config(with_teacher(teacher, *common, "teacher.mode=online", "bank.online_same_views=true",
+                                    f"run_dir={tmp_path / 'online'}")))
+    np.testing.assert_allclose(losses(tmp_path / "bank"), losses(tmp_path / "online"), rtol=1e-6)
+    seed0 = tmp_path / "seed0"
+    run(compose_config(with_teacher(teacher, *CIFAR_VIEWS, "method=pefd", "trainer.max_steps=3", "teacher.mode=bank",
+                                    f"teacher.bank={cifar_bank}", f"run_dir={seed0}")))
+    assert losses(seed0) != losses(tmp_path / "bank"), "the training seed still changes the trajectory"
+
+
 @pytest.mark.parametrize("override,field", [
     ("teacher.name=resnet14", "teacher.name"),
     ("teacher.weights=PERTURBED", "teacher.weights_sha256"),
     ("data.subset=1000", "data.n"),
     ("data.augment=flip", "views.augment"),
     ("data.image_size=12", "views.image_size"),
-    ("seed=1", "views.seed"),
+    ("bank.seed=1", "views.seed"),
     ("bank.views=3", "views.K"),
     ("bank.dtype=float16", "dtype"),
 ])

@@ -45,10 +45,11 @@ def _check_pipeline(cfg: DataConfig) -> None:
 
 
 def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int, seed: int,
-                       bank_views: int = 0) -> TrainLoader:
-    """The training loader of this rank. bank_views K > 0: each sample shows one of the bank's K views."""
+                       bank_views: int = 0, bank_seed: int = 0) -> TrainLoader:
+    """The training loader of this rank. bank_views K > 0: each sample shows one of the K views keyed by
+    bank_seed (the training seed picks which)."""
     _check_pipeline(cfg)
-    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, bank_seed=bank_seed)
     if cfg.pipeline == "ffcv":
         from pekd.data.ffcv_pipeline import FfcvTrainLoader
 
@@ -65,11 +66,12 @@ def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int
                             on_corrupt=cfg.on_corrupt)
 
 
-def build_view_passes(source: Source, cfg: DataConfig, *, seed: int, bank_views: int, batch_size: int) -> Passes:
-    """A bank's precompute reader: run(k, batches) shows view k of each sample, decoded, cropped and resized by
-    the backend data.pipeline names -- the one training will read the same samples with."""
+def build_view_passes(source: Source, cfg: DataConfig, *, bank_seed: int, bank_views: int,
+                      batch_size: int) -> Passes:
+    """A bank's precompute reader: run(k, batches) shows view k (keyed by bank_seed) of each sample, decoded,
+    cropped and resized by the backend data.pipeline names -- the one training will read the same samples with."""
     _check_pipeline(cfg)
-    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, replay=True)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, 0, bank_views, replay=True, bank_seed=bank_seed)
     if cfg.pipeline == "ffcv":
         from pekd.data.ffcv_pipeline import FfcvPasses
 

@@ -12,6 +12,7 @@ import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class Source:
     paths: list[str] | None = None
     root: str = ""
     classes: list[str] = field(default_factory=list)
+    indices: np.ndarray | None = None  # positions in the full split when this is a subset (None: all of it)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -68,16 +70,25 @@ class Source:
                                     "labels_sha256": h.hexdigest()[:16]}
         if self.paths is not None:
             ident["files_sha256"] = files.hexdigest()[:16]
+        if self.indices is not None:  # which samples of the split: equal labels do not make an equal subset
+            ident["indices_sha256"] = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()[:16]
         return ident
 
-    def subset(self, n: int, seed: int) -> Source:
-        """The first n samples of a seeded permutation: a fixed, class-balanced-in-expectation subset."""
-        if n <= 0 or n >= len(self):
+    def subset(self, n: int, split_seed: int) -> Source:
+        """The first n samples of a permutation keyed by split_seed: a fixed, class-balanced-in-expectation
+        subset that does not move with the training seed (so a seed sweep trains and tests on the same images)."""
+        if n <= 0:
             return self
-        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        if n > len(self):
+            raise PekdError(f"asked for a subset of {n} samples of {self.name}/{self.split}, which has "
+                            f"{len(self)}; lower data.subset / data.val_subset (0 = all)")
+        if n == len(self):
+            return self
+        keep = np.sort(np.random.default_rng(split_seed).permutation(len(self))[:n])
         return Source(self.name, self.split, self.labels[keep], self.num_classes, self.in_chans, self.mean,
                       self.std, None if self.arrays is None else self.arrays[keep],
-                      None if self.paths is None else [self.paths[i] for i in keep], self.root, self.classes)
+                      None if self.paths is None else [self.paths[i] for i in keep], self.root, self.classes,
+                      keep)
 
 
 def decode_file(path: str, in_chans: int = 3) -> np.ndarray:
@@ -189,6 +200,13 @@ def digits(root: str, split: str) -> Source:
 
 
 SOURCES = {"cifar100": cifar100, "imagefolder": image_folder, "fashion_mnist": fashion_mnist, "digits": digits}
+
+
+def run_sources(cfg: Any) -> tuple[Source, Source]:
+    """A run's (train, eval) sources: the configured data with its subsets, keyed by data.split_seed only."""
+    d = cfg.data
+    return (build_source(d.source, d.root, "train").subset(d.subset, d.split_seed),
+            build_source(d.source, d.root, "val").subset(d.val_subset, d.split_seed))
 
 
 def build_source(name: str, root: str, split: str) -> Source:

@@ -2,8 +2,9 @@
 
 Every pipeline (torch, FFCV, DALI) asks this module for the view of a sample and only *applies* it, so the
 same (seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank with K views
-stores teacher features of view k of each sample; training then picks k from (seed, epoch, index) and
-re-creates view k exactly from (seed, index, k).
+stores teacher features of view k of each sample under its own key; training then picks k from the training
+(seed, epoch, index) and re-creates view k exactly from (bank seed, index, k), so one bank serves every
+training seed.
 
 The random numbers come from SplitMix64 run in counter mode over a hash of the key. It is vectorised over
 whole batches of indices in plain numpy, needs no generator object per sample, and its output is fixed by
@@ -139,7 +140,8 @@ class Recipe(Protocol):
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """Training augmentation: one of AUGMENTS at output side `size`, keyed by seed (and the bank's K).
+    """Training augmentation: one of AUGMENTS at output side `size`, keyed by the training seed -- or, with a
+    bank's K views, by the bank's seed (the views) and the training seed (which view an epoch shows).
 
     replay=True (a bank's precompute): a pass's key is not an epoch but the view number k, and every sample shows
     its view k. Pipelines take the recipe as it is, so precompute decodes and resizes exactly as training does.
@@ -150,6 +152,7 @@ class TrainRecipe:
     seed: int
     bank_views: int = 0
     replay: bool = False
+    bank_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
@@ -166,7 +169,7 @@ class TrainRecipe:
         if self.bank_views > 0:
             view = (np.full_like(index, epoch) if self.replay  # a replay pass is keyed by the view number
                     else bank_view_ids(self.seed, epoch, index, self.bank_views))
-            u = uniforms((_TAG_BANK, self.seed, index, view), DRAWS)
+            u = uniforms((_TAG_BANK, self.bank_seed, index, view), DRAWS)
         else:
             view = np.zeros_like(index)
             u = uniforms((_TAG_EPOCH, self.seed, epoch, index), DRAWS)

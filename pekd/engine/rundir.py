@@ -11,9 +11,11 @@ run_dir/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -41,6 +43,25 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
+
+
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    """8 hex digits of what the run trains (the resolved config without the keys a resume may change): equal
+    for the same command typed again, different for any change that makes another run."""
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat = {k: v for k, v in flatten(tree).items() if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A file-name-safe name for the run: the config's `name` (experiments set one), else 'run'."""
+    return re.sub(r"[^\w.=,+-]", "-", str(cfg.name)) if cfg.name else "run"
+
+
+def default_run_dir(cfg: DictConfig, root: str | Path = "runs") -> Path:
+    """<root>/<name>-<config hash>: a pure function of the experiment, so rerunning the same command (or
+    torchrun restarting it) finds and resumes the same directory."""
+    return Path(root) / f"{run_name(cfg)}-{config_hash(cfg)}"
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

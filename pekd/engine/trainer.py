@@ -66,8 +66,9 @@ def step_seed(seed: int, rank: int, global_step: int) -> int:
 class Trainer:
     def __init__(self, cfg: Any, env: DistEnv, run_dir: Path, train_module: TrainModule, teacher: Any,
                  train_loader: Any, eval_loader: Any, mean: tuple[float, ...], std: tuple[float, ...],
-                 plan: Any) -> None:
+                 plan: Any, data_sets: dict[str, dict[str, Any]] | None = None) -> None:
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.data_sets = data_sets or {}  # identities of the train and eval sets, recorded in results.json
         self.tc = cfg.trainer
         self.plan, self.train_loader, self.eval_loader, self.teacher = plan, train_loader, eval_loader, teacher
         self.device = env.device
@@ -346,7 +347,9 @@ class Trainer:
         best = max(evals, key=lambda h: h["top1"]) if evals else {}
         return {"status": status, "name": cfg.name, "method": cfg.method.name, "q": cfg.method.q,
                 "beta": cfg.method.beta, "student": cfg.model.name, "teacher": cfg.teacher.name,
-                "seed": cfg.seed, "epochs": cfg.trainer.epochs, "epoch": p.epoch, "global_step": p.global_step,
+                "seed": cfg.seed, "seeds": {"train": cfg.seed, "split": cfg.data.split_seed, "bank": cfg.bank.seed},
+                "train_set": self.data_sets.get("train"), "eval_set": self.data_sets.get("eval"),
+                "epochs": cfg.trainer.epochs, "epoch": p.epoch, "global_step": p.global_step,
                 "best_top1": best.get("top1", math.nan), "best_top5": best.get("top5", math.nan),
                 "last_top1": last.get("top1", math.nan), "last_top5": last.get("top5", math.nan),
                 "paper_top1": cfg.paper_top1 or None, "world_size": self.env.world, "history": p.history}

@@ -11,9 +11,9 @@ A bank is a folder:
   logs/            the precompute's per-rank logs
 
 Row (k, i) is the teacher's feature of view k of sample i, where view k is the crop and flip the data layer
-re-creates from (seed, i, k) (pekd.data.views). With teacher.mode=bank the pipeline shows view
-`bank_view_ids(seed, epoch, i, K)` of sample i, and the bank serves the matching row: cached and online training
-are the same computation.
+re-creates from (bank.seed, i, k) (pekd.data.views). With teacher.mode=bank the pipeline shows view
+`bank_view_ids(seed, epoch, i, K)` of sample i (the training seed picks the view), and the bank serves the
+matching row: cached and online training are the same computation.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pekd.data.pipelines import pixels_identity
 from pekd.data.sources import Source
 from pekd.errors import PekdError
 
-FORMAT = 2  # 2: the spec names the pipeline that made the pixels
+FORMAT = 3  # 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed, subsets by index
 MANIFEST = "manifest.json"
 BUILDING = "building.json"
 FEATURES = "features.bin"
@@ -47,9 +47,10 @@ CHECKED: dict[str, str] = {
     "data.n": "data.subset / data.root",
     "data.labels_sha256": "data.subset / data.root",
     "data.files_sha256": "data.root",
+    "data.indices_sha256": "data.subset / data.split_seed",
     "views.augment": "data.augment",
     "views.image_size": "data.image_size",
-    "views.seed": "seed",
+    "views.seed": "bank.seed",
     "views.K": "bank.views",
     "views.pixels": "data.pipeline / data.dali_device / data.train_beton",
     "dtype": "bank.dtype",
@@ -78,7 +79,7 @@ def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -
         "pekd_version": pekd.__version__,
         "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_digest},
         "data": source.identity(),
-        "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
+        "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.bank.seed),
                   "K": k, "pixels": pixels_identity(cfg.data)},
         "dtype": cfg.bank.dtype,
         "shape": [k, n, int(feature_dim)],

@@ -25,7 +25,7 @@ from torch import nn
 
 from pekd.data.batch import Batch
 from pekd.data.pipelines import Passes, build_eval_loader, build_view_passes
-from pekd.data.sources import Source, build_source
+from pekd.data.sources import Source, run_sources
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from pekd.errors import PekdError
@@ -71,7 +71,7 @@ def setup(cfg: Any, device: torch.device) -> tuple[Source, FrozenTeacher, dict[s
         torch.set_num_threads(cfg.trainer.threads)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
-    source = build_source(cfg.data.source, cfg.data.root, "train").subset(cfg.data.subset, cfg.seed)
+    source = run_sources(cfg)[0]
     digest = bank.weights_sha256(cfg.teacher.weights)  # first: the clearest message for an empty or bad path
     model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
     load_weights(model, cfg.teacher.weights)
@@ -117,7 +117,7 @@ def prepare_folder(folder: Path, spec: dict[str, Any]) -> str:
 
 
 def passes_for(source: Source, cfg: Any) -> Passes:
-    return build_view_passes(source, cfg.data, seed=cfg.seed, bank_views=int(cfg.bank.views),
+    return build_view_passes(source, cfg.data, bank_seed=int(cfg.bank.seed), bank_views=int(cfg.bank.views),
                              batch_size=cfg.data.eval_batch_size)
 
 
@@ -190,7 +190,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
 @torch.no_grad()
 def teacher_top1(cfg: Any, teacher: FrozenTeacher, env: DistEnv) -> tuple[float, dict[str, object]]:
     """The teacher's top-1 (%) on the eval split, each rank on its shard; a bank records what it was built from."""
-    val = build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed)
+    val = run_sources(cfg)[1]
     loader = build_eval_loader(val, cfg.data, rank=env.rank, world=env.world)
     counts = torch.zeros(2, dtype=torch.float64, device=env.device)
     for batch in loader:
@@ -283,14 +283,14 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
         to_bank_dtype(feat, spec["dtype"])
         timed += len(batch)
     rate = timed / (time.perf_counter() - t0)
-    val_n = len(build_source(cfg.data.source, cfg.data.root, "val").subset(cfg.data.val_subset, cfg.seed))
+    val_n = len(run_sources(cfg)[1])
     seconds = (k * n + val_n) / rate
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return "\n".join([
         f"feature bank {Path(cfg.teacher.bank).resolve() if cfg.teacher.bank else '(teacher.bank unset)'}",
         f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)}"
         f" in {bank.FEATURES}, {math.ceil(n / spec['chunk'])} chunks of {spec['chunk']}",
-        f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} seed={cfg.seed}; "
+        f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} bank.seed={cfg.bank.seed}; "
         f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}",
         f"  measured {rate:.0f} images/s on one {device.type} process ({timed} images, batch {bs})",
         f"  expected precompute: {k} x {n} + {val_n} eval images = {duration(seconds)} on 1 process"
