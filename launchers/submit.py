@@ -71,12 +71,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--max-failures", type=int, default=3,
                     help="crashes in a row without a new checkpoint before a job stops requeueing")
     ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit")
-    ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM)")
+    ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM), "
+                    "wait for the runs and print the report")
+    ap.add_argument("--parallel", type=int, default=1, help="with --local: runs trained side by side (set "
+                    "trainer.threads so that they share the cores)")
     ap.add_argument("--resume", nargs="+", type=Path, metavar="RUN_DIR",
                     help="resubmit existing run directories with their own config.yaml (resources from here)")
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_intermixed_args(argv)
-    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node"):
+    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node", "parallel"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.gpus < 0:
@@ -280,12 +283,16 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
 
 
 def make_executor(args: argparse.Namespace, job_name: str) -> Any:
+    """submitit's executor for the runs. On SLURM, srun ends every task once one fails (a rank must not wait for
+    a dead peer), and the batch script then decides once whether to requeue (pekd.launch)."""
     import submitit
 
+    from pekd.launch import batch_teardown
+
     tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
+    folder = args.folder.resolve() / "submitit" / "%j"
     try:
-        executor = submitit.AutoExecutor(folder=args.folder.resolve() / "submitit" / "%j",
-                                         cluster="local" if args.local else "slurm",
+        executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else "slurm",
                                          slurm_max_num_timeout=args.max_requeues)
     except RuntimeError as e:  # no srun on PATH
         raise PekdError(f"{e} (--local runs on this machine instead)") from None
@@ -295,7 +302,9 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
     if args.cpus_per_gpu:
         params["cpus_per_task"] = args.cpus_per_gpu
     if not args.local:
-        params |= {"nodes": args.nodes, "slurm_signal_delay_s": args.signal_delay}
+        params |= {"nodes": args.nodes, "slurm_signal_delay_s": args.signal_delay,
+                   "slurm_srun_args": ["--kill-on-bad-exit=1"],
+                   "slurm_teardown": batch_teardown(sys.executable, folder)}
         optional = {"partition": args.partition, "account": args.account, "qos": args.qos,
                     "constraint": args.constraint, "exclude": args.exclude}
         params |= {f"slurm_{k}": v for k, v in optional.items() if v}
@@ -327,6 +336,28 @@ def write_launch_record(folder: Path, job_ids: list[str], runs: list[PlannedRun]
     return path
 
 
+def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, argv: list[str],
+             tb_dir: Path) -> list[Any]:
+    """--local: at most --parallel runs at a time on this machine, then the same report a cluster sweep ends in.
+    A run that fails is reported (its results.json says why), not raised: the others still finish."""
+    from pekd.launch import TrainJob
+    from pekd.report import main as report
+
+    jobs: list[Any] = []
+    for r in runs:
+        while sum(not j.done() for j in jobs) >= args.parallel:
+            time.sleep(0.5)
+        jobs.append(executor.submit(TrainJob(r.cfg, args.max_failures)))
+        print(f"started {jobs[-1].job_id}: {r.run_dir}", flush=True)
+    write_launch_record(args.folder, [j.job_id for j in jobs], runs, ["launchers/submit.py", *argv])
+    for job, r in zip(jobs, runs, strict=True):
+        job.wait()
+        state = "done" if job.exception() is None else f"failed ({' '.join(str(job.exception()).split())[:200]})"
+        print(f"  {job.job_id}: {r.run_dir}: {state}", flush=True)
+    report([str(tb_dir)])
+    return jobs
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> list[Any]:
     """Returns the submitted submitit jobs (none for --dry-run), for callers that want to wait on them."""
@@ -347,6 +378,8 @@ def main(argv: list[str] | None = None) -> list[Any]:
         return []
     for r in runs:
         r.run_dir.mkdir(parents=True, exist_ok=True)
+    if args.local:
+        return run_here(executor, runs, args, argv, tb_dir)
     with executor.batch():
         jobs = [executor.submit(TrainJob(r.cfg, args.max_failures)) for r in runs]
     record = write_launch_record(args.folder, [j.job_id for j in jobs], runs, ["launchers/submit.py", *argv])

@@ -7,7 +7,10 @@ one PekdError naming the key and the fix.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -109,6 +112,9 @@ class TrainerConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs); for tests and benches
     progress: bool = True
     audit_samples: bool = False  # append every step's sample indices to logs/samples-rank<r>.txt (data audits)
+    # Seconds a collective may wait for the other ranks before it fails (torch's own default, 30 min, kept a job
+    # with a hung rank idle that long); must exceed the longest legitimate wait, e.g. rank 0 saving a checkpoint.
+    dist_timeout_s: int = 300
 
 
 @dataclass
@@ -149,6 +155,38 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Numeric ranges: key -> (test, what the value must be). Out of range, these fail later and badly: a zero
+# divisor mid-epoch, a DataLoader traceback, a loss that goes non-finite, or a checkpoint count that cannot be
+# honoured (a run must always keep the checkpoint it resumes from).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.batch_size": (lambda v: v > 0, "must be positive"),
+    "data.eval_batch_size": (lambda v: v > 0, "must be positive"),
+    "data.max_micro_batch": (lambda v: v >= 0, "must be 0 (no cap) or a positive per-process batch"),
+    "data.workers": (lambda v: v >= 0, "must be 0 (load in the main process) or a positive worker count"),
+    "data.subset": (lambda v: v >= 0, "must be 0 (all samples) or a positive sample count"),
+    "data.val_subset": (lambda v: v >= 0, "must be 0 (all samples) or a positive sample count"),
+    "bank.views": (lambda v: v > 0, "must be positive"),
+    "bank.chunk": (lambda v: v > 0, "must be positive"),
+    "method.ce_weight": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
+    "method.kd_weight": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
+    "method.beta": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
+    "method.q": (lambda v: v >= 1, "must be at least 1 projector"),
+    "method.temperature": (lambda v: 0 < v < math.inf, "must be positive and finite (the paper's KD uses 4)"),
+    "trainer.epochs": (lambda v: v > 0, "must be positive"),
+    "trainer.lr": (lambda v: 0 < v < math.inf, "must be positive and finite"),
+    "trainer.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "trainer.weight_decay": (lambda v: 0 <= v < math.inf, "must be 0 or positive"),
+    "trainer.lr_gamma": (lambda v: 0 < v < math.inf, "must be positive (0.1 divides the lr by 10 at a milestone)"),
+    "trainer.grad_clip": (lambda v: 0 <= v < math.inf, "must be 0 (off) or a positive max grad norm"),
+    "trainer.threads": (lambda v: v >= 0, "must be 0 (torch's default) or a positive thread count"),
+    "trainer.ckpt_every_steps": (lambda v: v >= 0, "must be 0 (epoch ends only) or a positive step count"),
+    "trainer.keep_last": (lambda v: v >= 1, "must be at least 1: a run resumes from its newest checkpoint"),
+    "trainer.log_every_steps": (lambda v: v >= 1, "must be at least 1 step"),
+    "trainer.eval_every_epochs": (lambda v: v >= 1, "must be at least 1 epoch"),
+    "trainer.max_steps": (lambda v: v >= 0, "must be 0 (run all epochs) or a positive step count"),
+}
+
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -161,16 +199,16 @@ def validate(cfg: Any) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise PekdError(f"{key}={value!r} is not one of {list(allowed)}; fix the override or config file")
-    positive = ["data.batch_size", "data.eval_batch_size", "trainer.epochs", "bank.views", "bank.chunk"]
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise PekdError(f"{key}={_get(cfg, key)} must be positive")
-    if cfg.trainer.lr <= 0:
-        raise PekdError(f"trainer.lr={cfg.trainer.lr} must be positive")
-    if cfg.method.q < 1:
-        raise PekdError(f"method.q={cfg.method.q} must be at least 1 projector")
-    if list(cfg.trainer.milestones) != sorted(cfg.trainer.milestones):
-        raise PekdError(f"trainer.milestones={list(cfg.trainer.milestones)} must be increasing")
+    for key, (ok, rule) in RANGES.items():
+        value = _get(cfg, key)
+        if not ok(value):  # written so that NaN fails every rule too
+            raise PekdError(f"{key}={value} {rule}; fix the override or config file")
+    if cfg.trainer.nesterov and cfg.trainer.momentum == 0:
+        raise PekdError("trainer.nesterov=true needs trainer.momentum > 0; set a momentum or trainer.nesterov=false")
+    milestones = list(cfg.trainer.milestones)
+    if any(m <= 0 for m in milestones) or any(a >= b for a, b in pairwise(milestones)):
+        raise PekdError(f"trainer.milestones={milestones} must be positive epochs in strictly increasing order "
+                        "(each one multiplies the lr by trainer.lr_gamma once), e.g. [150,180,210]")
     needs_teacher = cfg.method.name != "ce" or cfg.method.kd_weight > 0
     if needs_teacher and cfg.teacher.mode == "none":
         raise PekdError(f"method.name={cfg.method.name} needs a teacher but teacher.mode=none; "

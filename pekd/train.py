@@ -26,6 +26,8 @@ log = logging.getLogger("pekd")
 def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
     """Hydra compose of configs/config.yaml; unknown keys and bad values become one PekdError."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -35,6 +37,14 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None) -
         raise PekdError(f"no config.yaml in {str(folder)!r}; set PEKD_CONFIG_DIR to pekd's configs/ folder")
     try:
         with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            # config.yaml lists `optional experiment`: Hydra silently skips a name it cannot find, so a typo
+            # would train the default recipe instead of the one asked for
+            recipes = GlobalHydra.instance().config_loader().get_group_options("experiment")
+            for o in OverridesParser.create().parse_overrides(list(overrides)):
+                name = o.value()
+                if o.key_or_group == "experiment" and isinstance(name, str) and name not in recipes:
+                    raise PekdError(f"experiment={name!r}: no such recipe in configs/experiment/; choose one of "
+                                    f"{recipes}")
             cfg = compose("config", overrides=list(overrides))
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -56,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.data.pipelines import build_eval_loader, build_train_loader
     from pekd.data.sources import run_sources
     from pekd.engine import checkpoint as ckpt
+    from pekd.engine import determinism
     from pekd.engine.distributed import broadcast_object, init_distributed
     from pekd.engine.logs import setup_logging
     from pekd.engine.rundir import prepare
@@ -70,8 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.update(cfg, "run_dir", str(run_dir))
     threads = cfg.trainer.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True)
+    determinism.configure(cfg.trainer.deterministic, env.device)
 
     train_src, val_src = run_sources(cfg)
     plan = Plan.make(cfg.data.batch_size, env.world, cfg.data.max_micro_batch)

@@ -99,3 +99,14 @@ def test_eval_box_is_resize_then_center_crop():
         EvalRecipe(224, 200)
     with pytest.raises(PekdError, match="augment"):
         TrainRecipe("autoaugment", 224, 0)
+
+
+def test_a_flip_bank_of_two_views_holds_both_views_and_picks_them_like_a_random_flip():
+    idx = np.arange(4000)
+    r = TrainRecipe("flip", 28, seed=3, bank_views=2, bank_seed=9)
+    replay = TrainRecipe("flip", 28, seed=0, bank_views=2, replay=True, bank_seed=9)
+    assert not _views(replay, 0, idx, 28, 28).flip.any() and _views(replay, 1, idx, 28, 28).flip.all()
+    v = _views(r, 0, idx, 28, 28)
+    assert np.array_equal(v.flip, v.view == 1) and abs(v.flip.mean() - 0.5) < 0.03
+    assert not np.array_equal(v.flip, _views(TrainRecipe("flip", 28, seed=4, bank_views=2, bank_seed=9), 0, idx,
+                                             28, 28).flip), "the training seed picks the views"

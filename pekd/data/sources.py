@@ -182,7 +182,8 @@ def fashion_mnist(root: str, split: str) -> Source:
     labels = _read_idx(base / f"{prefix}-labels-idx1-ubyte.gz", 1).astype(np.int64)
     classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot"]
-    return Source("fashion_mnist", split, labels, 10, 1, FMNIST_MEAN, FMNIST_STD, arrays=np.ascontiguousarray(images),
+    # a writable copy: the idx bytes are read-only, and torch warns when a loader wraps them
+    return Source("fashion_mnist", split, labels, 10, 1, FMNIST_MEAN, FMNIST_STD, arrays=images.copy(),
                   root=str(base), classes=classes)
 
 

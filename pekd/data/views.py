@@ -179,7 +179,14 @@ class TrainRecipe:
             box = pad_crop_boxes(u, heights, widths, self.size)
         else:
             box = center_boxes(heights, widths, self.size)
-        flip = (u[:, -1] < 0.5) if self.augment != "none" else np.zeros(len(index), dtype=bool)
+        if self.augment == "none":
+            flip = np.zeros(len(index), dtype=bool)
+        elif self.augment == "flip" and self.bank_views > 0:
+            # Flip-only augmentation has exactly two views; stored as views 0 and 1 (then repeating), a bank of
+            # K=2 holds both, and a uniform pick per epoch is the online random flip exactly.
+            flip = view % 2 == 1
+        else:
+            flip = u[:, -1] < 0.5
         return Views(*box, flip=flip, view=view)
 
 

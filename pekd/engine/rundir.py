@@ -73,35 +73,61 @@ def prepare(run_dir: Path, cfg: DictConfig) -> bool:
     """Create or adopt run_dir for cfg (rank 0 only); True when it holds an earlier run of the same config.
 
     A non-empty directory made for a different config is refused (on_existing=overwrite moves it aside to
-    run_dir.old-<time>, never deleting it).
+    run_dir.old-<time>, never deleting it). A run_dir that cannot be a writable folder is refused before anything
+    is written, so a bad path never leaves a half-made run behind.
     """
+    _check_usable(run_dir)
     cfg_file = run_dir / "config.yaml"
     new = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(new, dict)
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
-    if existing and cfg.on_existing == "overwrite":
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-        existing = False
-    elif existing and cfg.on_existing == "fail":
-        raise PekdError(f"run directory {str(run_dir)!r} is not empty and on_existing=fail; choose another "
-                        "run_dir, or on_existing=resume / on_existing=overwrite")
-    elif existing:
-        if not cfg_file.is_file():
-            raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd run); "
-                            "choose another run_dir or on_existing=overwrite (moves it aside)")
-        old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
-        assert isinstance(old, dict)
-        diff = config_differences(old, new)
-        if diff:
-            shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
-            raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
-                            f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
-                            "on_existing=overwrite to move the old run aside")
-    for sub in ("checkpoints", "tb", "logs"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode())
-    write_json(run_dir / "meta.json", describe_environment())
+    try:
+        existing = run_dir.is_dir() and any(run_dir.iterdir())
+        if existing and cfg.on_existing == "overwrite":
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+            existing = False
+        elif existing and cfg.on_existing == "fail":
+            raise PekdError(f"run directory {str(run_dir)!r} is not empty and on_existing=fail; choose another "
+                            "run_dir, or on_existing=resume / on_existing=overwrite")
+        elif existing:
+            if not cfg_file.is_file():
+                raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd "
+                                "run); choose another run_dir or on_existing=overwrite (moves it aside)")
+            old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+            assert isinstance(old, dict)
+            diff = config_differences(old, new)
+            if diff:
+                shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
+                raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
+                                f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
+                                "on_existing=overwrite to move the old run aside")
+        for sub in ("checkpoints", "tb", "logs"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode())
+        write_json(run_dir / "meta.json", describe_environment())
+    except OSError as e:  # what the checks cannot foresee: /proc, a read-only mount, a full disk
+        where = f": {e.filename!r}" if e.filename else ""
+        raise PekdError(f"run_dir={str(run_dir)!r} cannot be made or written ({e.strerror or e}{where}); choose a "
+                        "run_dir in a folder you can write to") from None
     return bool(existing)
+
+
+def _check_usable(run_dir: Path) -> None:
+    """Refuse a run_dir that is a file, lies under a file, or sits in a folder this process cannot write.
+
+    Checked before prepare touches anything: failing halfway through would leave a partial run directory (or,
+    for on_existing=overwrite, an old run moved aside for nothing).
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PekdError(f"run_dir={str(run_dir)!r} is a file, not a folder; choose another run_dir")
+    folder = run_dir
+    while not folder.exists() and folder != folder.parent:  # exists() is False under a file, too
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PekdError(f"run_dir={str(run_dir)!r} lies under {str(folder)!r}, which is a file, not a folder; "
+                        "choose another run_dir")
+    if not os.access(folder, os.W_OK | os.X_OK | os.R_OK):
+        raise PekdError(f"run_dir={str(run_dir)!r}: no permission to write in {str(folder)!r}; choose a run_dir "
+                        "in a folder you can write to")
 
 
 def _git_revision() -> str:

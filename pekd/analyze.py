@@ -1,0 +1,277 @@
+"""`python -m pekd.analyze RUN_DIR [RUN_DIR ...] [--weights student.pt|best.pt]`: what distillation did.
+
+The diagnostics the extended PEFD paper ("Understanding the Effects of Projectors in Knowledge Distillation")
+measures, for a trained student and its teacher: train vs test top-1 and their gap, linear CKA between the
+student's (and the projector ensemble's) pooled features and the teacher's, and calibration (ECE, mean
+confidence minus accuracy). The run is rebuilt from its own config.yaml -- the same train subset and test set,
+the evaluation transform on both (no augmentation) -- and each set is read once, every model seeing each batch,
+with streaming accumulators (O(d^2) memory, never an n x n matrix). Writes RUN_DIR/analysis.json (a flat object
+that pekd.report reads) and prints a short table per run. Models run in eval mode, fp32, in the run's memory
+format, so with trainer.amp=off the test top-1 equals the run's own last evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pekd.errors import PekdError, user_errors_exit
+from pekd.metrics import Calibration, LinearCKA
+
+WEIGHTS = ("student.pt", "best.pt")
+KEYS = ("weights", "n_train", "n_test", "eval_set", "train_set", "student_train_top1", "student_test_top1",
+        "train_test_gap", "student_cka", "projector_cka", "student_ece", "student_overconfidence",
+        "teacher_train_top1", "teacher_test_top1", "teacher_ece", "teacher_overconfidence", "pekd_version")
+
+
+@dataclass
+class Models:
+    """What one run analyses. projector_student is the checkpoint's own student when it is not the analysed one:
+    the projectors were trained against it, so their CKA is measured on its features."""
+
+    student: nn.Module
+    teacher: nn.Module | None = None
+    projector: nn.Module | None = None
+    projector_student: nn.Module | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Meters:
+    """One pass's accumulators; the CKA ones stay empty on the training set."""
+
+    student: Calibration = field(default_factory=Calibration)
+    teacher: Calibration = field(default_factory=Calibration)
+    student_cka: LinearCKA = field(default_factory=LinearCKA)
+    projector_cka: LinearCKA = field(default_factory=LinearCKA)
+
+
+def check_run(run_dir: Path, weights: str) -> DictConfig:
+    """The run's resolved config, after the checks that need no model: fail on any run before analysing one."""
+    if not run_dir.is_dir():
+        raise PekdError(f"{str(run_dir)!r} is not a directory; pass a run directory made by `python -m pekd.train`")
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise PekdError(f"{str(run_dir)!r} has no config.yaml, so it is not a pekd run directory; pass the folder "
+                        "`python -m pekd.train` wrote (run_dir=...)")
+    cfg = OmegaConf.load(cfg_file)
+    assert isinstance(cfg, DictConfig)
+    if "split_seed" not in cfg.data:
+        if cfg.data.subset or cfg.data.val_subset:
+            raise PekdError(f"{str(cfg_file)!r} predates data.split_seed: its subsets were drawn with seed="
+                            f"{cfg.seed}; add `split_seed: {cfg.seed}` under data: in that file to analyse it")
+        OmegaConf.update(cfg, "data.split_seed", 0, force_add=True)
+    if not (run_dir / weights).is_file():
+        raise PekdError(f"{str(run_dir / weights)!r} not found: the run has not finished (student.pt is written "
+                        "at the end, best.pt after the first evaluation); finish or resume it, or pick --weights")
+    t = cfg.teacher
+    if _has_teacher(cfg) and not Path(t.weights).is_file():
+        raise PekdError(f"teacher.weights={t.weights!r} in {str(cfg_file)!r} not found (a relative path is read "
+                        f"from {str(Path.cwd())!r}); run from the directory the run was trained in, or fix the path "
+                        "in config.yaml")
+    return cfg
+
+
+def _has_teacher(cfg: DictConfig) -> bool:
+    """A configured teacher with weights is measured whatever the method: a CE run of an experiment is compared
+    with the teacher its distilled siblings learn from."""
+    t = cfg.teacher
+    return bool(t.name) and bool(t.weights)
+
+
+def build_models(cfg: DictConfig, run_dir: Path, weights: str, num_classes: int, in_chans: int) -> Models:
+    """Student from the exported weights, frozen teacher, and for PEFD the projectors from the newest checkpoint."""
+    from pekd.models import build_model, load_weights
+
+    student = build_model(cfg.model.name, num_classes, in_chans)
+    load_weights(student, str(run_dir / weights), config_key="model.name")
+    models = Models(student)
+    if _has_teacher(cfg):
+        models.teacher = build_model(cfg.teacher.name, num_classes, in_chans)
+        load_weights(models.teacher, str(cfg.teacher.weights))
+    if cfg.method.name == "pefd":
+        _attach_projector(models, cfg, run_dir, weights, num_classes, in_chans)
+    return models
+
+
+def _attach_projector(models: Models, cfg: DictConfig, run_dir: Path, weights: str, num_classes: int,
+                      in_chans: int) -> None:
+    """The projectors are not exported; they live with their student in the newest valid checkpoint."""
+    from pekd.engine import checkpoint as ckpt
+    from pekd.methods import TrainModule, build_method
+    from pekd.models import build_model
+
+    if models.teacher is None:
+        models.notes.append("no teacher weights in config.yaml: projector CKA not measured")
+        return
+    hit = ckpt.newest_valid(run_dir / "checkpoints")
+    if hit is None:
+        models.notes.append(f"no valid checkpoint in {str(run_dir / 'checkpoints')!r}: projector CKA not measured")
+        return
+    path, state = hit
+    module = TrainModule(build_model(cfg.model.name, num_classes, in_chans),
+                         build_method(cfg.method, models.student.feature_dim, models.teacher.feature_dim))
+    try:
+        module.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise PekdError(f"checkpoint {str(path)!r} does not hold this run's student and projectors "
+                        f"({str(e).splitlines()[0]}); was config.yaml edited after training?") from None
+    models.projector = module.method.projector
+    if not _same_weights(module.student, models.student):
+        models.projector_student = module.student
+        models.notes.append(f"{weights} differs from the student in {path.name}: projector CKA is measured on "
+                            f"that checkpoint's student, the one its projectors were trained with")
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# Teacher outputs per batch, keyed by teacher and evaluated set: runs of a sweep share their teacher, so one
+# invocation over many run directories runs the teacher once per set (O(n d) memory, as the features are).
+TeacherOutputs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def measure(loader: Any, models: Models, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+            memory_format: torch.memory_format, features: bool, cached: TeacherOutputs | None = None) -> Meters:
+    """One pass over loader, every model on each batch; features=False skips CKA (the training set's pass).
+    `cached`: the teacher's (features, logits) of every batch, from an earlier pass over the same set; an empty
+    list is filled by this pass."""
+    m = Meters()
+    mu = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    sigma = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    replay = bool(cached)
+    for i, batch in enumerate(loader):
+        batch = batch.to(device)
+        x = batch.images
+        if x.dtype == torch.uint8:  # as Trainer.prepare: pipelines may also hand over normalised floats
+            x = (x.float() - mu) / sigma
+        x = x.contiguous(memory_format=memory_format)
+        feat_s, logits_s = models.student(x)
+        m.student.update(logits_s, batch.labels)
+        if models.teacher is None:
+            continue
+        if replay:
+            feat_t, logits_t = cached[i]
+        else:
+            feat_t, logits_t = models.teacher(x)
+            if cached is not None:
+                cached.append((feat_t, logits_t))
+        m.teacher.update(logits_t, batch.labels)
+        if not features:
+            continue
+        m.student_cka.update(feat_s, feat_t)
+        if models.projector is not None:
+            own = models.projector_student(x)[0] if models.projector_student is not None else feat_s
+            m.projector_cka.update(models.projector(own), feat_t)
+    return m
+
+
+def _cache_key(cfg: DictConfig, source: Any, split: str) -> str:
+    """What the teacher's outputs on a set depend on: the teacher, its weights file, the images and transform."""
+    import json
+
+    weights = Path(cfg.teacher.weights).resolve()
+    d = cfg.data
+    return json.dumps([cfg.teacher.name, str(weights), weights.stat().st_mtime_ns, source.identity(), split,
+                       d.pipeline, d.image_size, d.eval_resize, d.train_beton, d.val_beton,
+                       bool(cfg.trainer.channels_last)], sort_keys=True, default=str)
+
+
+def analyze(run_dir: Path, cfg: DictConfig, weights: str,
+            cache: dict[str, TeacherOutputs] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The analysis.json object of one run (checked by check_run) and notes worth printing with it. `cache`
+    carries teacher outputs from run to run of one invocation."""
+    import pekd
+    from pekd.data.pipelines import build_eval_loader
+    from pekd.data.sources import run_sources
+
+    train_src, test_src = run_sources(cfg)
+    models = build_models(cfg, run_dir, weights, train_src.num_classes, train_src.in_chans)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fmt = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    for model in (models.student, models.teacher, models.projector, models.projector_student):
+        if model is not None:
+            model.to(device, memory_format=fmt).eval()
+    train_data = cfg.data.copy()  # the eval transform over the training set (an FFCV run reads its train .beton)
+    train_data.val_beton = cfg.data.train_beton
+    cache = {} if cache is None else cache
+    slots = [cache.setdefault(_cache_key(cfg, s, split), []) if models.teacher is not None else None
+             for s, split in ((test_src, "test"), (train_src, "train"))]
+    test = measure(build_eval_loader(test_src, cfg.data, rank=0, world=1), models, test_src.mean, test_src.std,
+                   device, fmt, features=True, cached=slots[0])
+    train = measure(build_eval_loader(train_src, train_data, rank=0, world=1), models, train_src.mean,
+                    train_src.std, device, fmt, features=False, cached=slots[1])
+    has_t = models.teacher is not None
+    out: dict[str, Any] = {
+        "weights": weights, "n_train": train.student.n, "n_test": test.student.n,
+        "eval_set": test_src.identity(), "train_set": train_src.identity(),
+        "student_train_top1": train.student.top1(), "student_test_top1": test.student.top1(),
+        "train_test_gap": train.student.top1() - test.student.top1(),
+        "student_cka": test.student_cka.value() if has_t else None,
+        "projector_cka": test.projector_cka.value() if models.projector is not None else None,
+        "student_ece": test.student.ece(), "student_overconfidence": test.student.overconfidence(),
+        "teacher_train_top1": train.teacher.top1() if has_t else None,
+        "teacher_test_top1": test.teacher.top1() if has_t else None,
+        "teacher_ece": test.teacher.ece() if has_t else None,
+        "teacher_overconfidence": test.teacher.overconfidence() if has_t else None,
+        "pekd_version": pekd.__version__,
+    }
+    assert tuple(out) == KEYS
+    # JSON has no NaN: an undefined value (e.g. CKA of a constant feature) is null, like a missing one.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}, models.notes
+
+
+def format_table(run_dir: Path, cfg: DictConfig, a: dict[str, Any], notes: list[str]) -> str:
+    """A few lines per run: accuracies and gap, calibration, similarity to the teacher."""
+    def f(v: Any, spec: str = ".2f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    teacher = cfg.teacher.name if a["teacher_test_top1"] is not None else "no teacher"
+    lines = [f"{run_dir}: {a['weights']}, {cfg.model.name} <- {teacher} ({cfg.method.name}), "
+             f"{a['n_train']} train / {a['n_test']} test images",
+             f"  {'':8} {'train top-1':>11} {'test top-1':>10} {'gap':>6} {'ECE':>6} {'conf-acc':>8} "
+             f"{'CKA to teacher':>14}",
+             f"  {'student':8} {f(a['student_train_top1']):>11} {f(a['student_test_top1']):>10} "
+             f"{f(a['train_test_gap']):>6} {f(a['student_ece']):>6} {f(a['student_overconfidence'], '+.2f'):>8} "
+             f"{f(a['student_cka'], '.4f'):>14}"]
+    if a["teacher_test_top1"] is not None:
+        gap = a["teacher_train_top1"] - a["teacher_test_top1"]
+        lines.append(f"  {'teacher':8} {f(a['teacher_train_top1']):>11} {f(a['teacher_test_top1']):>10} "
+                     f"{f(gap):>6} {f(a['teacher_ece']):>6} {f(a['teacher_overconfidence'], '+.2f'):>8}")
+    if cfg.method.name == "pefd":
+        lines.append(f"  projector ensemble output, CKA to teacher: {f(a['projector_cka'], '.4f')}")
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    from pekd.engine.rundir import write_json
+
+    parser = argparse.ArgumentParser(prog="python -m pekd.analyze", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--weights", choices=WEIGHTS, default="student.pt",
+                        help="the exported student to analyse (default: student.pt, the final one)")
+    parser.add_argument("--quiet", action="store_true", help="write analysis.json only, print no tables")
+    args = parser.parse_args(argv)
+    configs = [check_run(d, args.weights) for d in args.run_dirs]  # every cheap check before any long pass
+    cache: dict[str, TeacherOutputs] = {}
+    for run_dir, cfg in zip(args.run_dirs, configs, strict=True):
+        result, notes = analyze(run_dir, cfg, args.weights, cache)
+        write_json(run_dir / "analysis.json", result)
+        if not args.quiet:
+            print(format_table(run_dir, cfg, result, notes), flush=True)
+
+
+if __name__ == "__main__":
+    main()
