@@ -107,8 +107,10 @@ def build_pipeline(feed: Feed, *, batch_size: int, workers: int, device: str, en
     """A DALI pipeline over `feed`: decode (CPU or mixed), crop the window, resize to size, flip, CHW uint8."""
     from nvidia.dali import fn, pipeline_def, types
 
+    # mixed decodes on this process's own GPU (pekd.engine.distributed selected it from LOCAL_RANK): device 0 on
+    # every rank would pile every rank's decoding onto one GPU and hand the others tensors from the wrong device
     @pipeline_def(batch_size=batch_size, num_threads=max(1, workers), prefetch_queue_depth=PREFETCH,
-                  device_id=0 if device == "mixed" else None)
+                  device_id=torch.cuda.current_device() if device == "mixed" else None)
     def pipe():
         data, anchor, shape, flip, labels, index, view = fn.external_source(
             source=feed, num_outputs=7, batch=True, cycle=False,

@@ -4,6 +4,10 @@ Everything a resumed run needs is a function of the checkpoint: the data order i
 (seed, epoch) and the global batch (pekd.data.order), and every step reseeds torch from (seed, rank, global step),
 so a run stopped at any step and resumed -- on the same or another number of processes -- continues the same
 trajectory (bit for bit on the same world size with deterministic algorithms).
+
+An epoch ends with its checkpoint, then its evaluation (marked pending in that checkpoint): a stop requested
+during a long evaluation is acted on within a batch, and the resumed run evaluates first and records the result
+as an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pekd.data.batch import Batch
 from pekd.engine import checkpoint as ckpt
 from pekd.engine.distributed import DistEnv, all_reduce_max, all_reduce_sum
+from pekd.engine.evaluation import Inputs, evaluate
 from pekd.engine.preemption import StopSignal
 from pekd.engine.rundir import write_json
 from pekd.errors import PekdError
@@ -42,6 +47,8 @@ class Progress:
     global_step: int = 0
     best_top1: float = -1.0
     history: list[dict[str, float]] = field(default_factory=list)
+    # the last finished epoch's history record while its evaluation is still to run (it runs after the checkpoint)
+    pending_eval: dict[str, float] | None = None
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -74,8 +81,7 @@ class Trainer:
         self.device = env.device
         self.dtype = amp_dtype(self.tc.amp, self.device)
         self.memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.inputs = Inputs(mean, std, self.device, self.memory_format)
 
         module: nn.Module = train_module.to(self.device, memory_format=self.memory_format)
         if self.tc.sync_bn and env.distributed:
@@ -101,7 +107,7 @@ class Trainer:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": sched,
                 "scaler": self.scaler.state_dict(), "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
                 "global_step": p.global_step, "best_top1": p.best_top1, "history": p.history,
-                "global_batch": self.plan.global_batch, "seed": self.cfg.seed}
+                "pending_eval": p.pending_eval, "global_batch": self.plan.global_batch, "seed": self.cfg.seed}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         if s["global_batch"] != self.plan.global_batch or s["seed"] != self.cfg.seed:
@@ -113,14 +119,16 @@ class Trainer:
         sched["milestones"] = Counter(sched["milestones"])
         self.scheduler.load_state_dict(sched)
         self.scaler.load_state_dict(s["scaler"])
+        # .get: checkpoints of earlier pekd versions have no such key (their evaluations ran before them)
         self.progress = Progress(s["epoch"], s["step_in_epoch"], s["global_step"], s["best_top1"],
-                                 list(s["history"]))
+                                 list(s["history"]), s.get("pending_eval"))
 
     def resume(self, state: dict[str, Any], path: Path) -> None:
         self.load_state_dict(state)
         p = self.progress
-        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", path, p.epoch,
-                 p.step_in_epoch, p.global_step)
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d%s", path, p.epoch,
+                 p.step_in_epoch, p.global_step, "" if p.pending_eval is None else
+                 f"; epoch {int(p.pending_eval['epoch'])}'s evaluation is pending and runs first")
 
     def save_checkpoint(self) -> None:
         """Rank 0 writes atomically; every rank first checks the weights (identical under DDP) are finite, so a
@@ -139,61 +147,73 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def prepare(self, batch: Batch) -> tuple[torch.Tensor, Batch]:
         """The batch on the device and the model input made from it (normalised, in the run's memory format):
-        the student and the online teacher get this same tensor."""
-        batch = batch.to(self.device)
-        x = batch.images
-        if x.dtype == torch.uint8:
-            x = (x.float() - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format), batch
+        the student, the online teacher and evaluation get this same tensor."""
+        return self.inputs(batch)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
-    def _micro_step(self, batch: Batch, sync: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    def _micro_step(self, batch: Batch, sync: bool,
+                    divisor: float) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        """Forward under autocast, backward outside it (PyTorch's AMP guidance: the backward runs each op in the
+        dtype its forward chose); on inner micro-steps no_sync covers both."""
         host = batch  # index/view as the loader made them: a feature bank gathers with them on the host
         x, batch = self.prepare(batch)
-        with self._autocast():
-            feat_t = logits_t = None
-            if self.teacher is not None:
-                feat_t, logits_t = self.teacher(x, host)
-            ctx = self.ddp.no_sync() if (not sync and isinstance(self.ddp, DDP)) else nullcontext()
-            with ctx:
+        ctx = self.ddp.no_sync() if (not sync and isinstance(self.ddp, DDP)) else nullcontext()
+        with ctx:
+            with self._autocast():
+                feat_t = logits_t = None
+                if self.teacher is not None:
+                    feat_t, logits_t = self.teacher(x, host)
                 logits, losses = self.ddp(x, batch.labels, feat_t, logits_t)
                 total = sum(losses.values())
-                self.scaler.scale(total / self.plan.accum).backward()
+            self.scaler.scale(total / divisor).backward()
         correct = (logits.argmax(1) == batch.labels).sum()
         return {k: v.detach() for k, v in losses.items()}, correct, len(batch)
 
     def train_step(self, micro: list[Batch]) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-        """One optimizer step over `accum` micro-batches; returns summed loss terms, correct count, images."""
+        """One optimizer step over this rank's micro-batches of a global step; returns summed loss terms, correct
+        count, images.
+
+        The step's loss is the mean over the samples really there, across micro-batches and ranks: micro-batch j
+        (n_j samples) adds its mean loss times n_j * world / N, N being the step's samples on all ranks (DDP
+        averages gradients over the world). With data.on_corrupt=skip a micro-batch can come out shorter, and
+        mean / accum would weigh its samples more than the others. With nothing skipped the divisor
+        N / (n_j * world) is exactly accum. An empty micro-batch adds nothing; the last non-empty one syncs."""
+        sizes = [len(b) for b in micro]
+        total = self._step_samples(sum(sizes))
+        last = max(j for j, k in enumerate(sizes) if k)
         terms: dict[str, torch.Tensor] = {}
         correct, n = torch.zeros((), device=self.device), 0
         for j, b in enumerate(micro):
-            losses, c, k = self._micro_step(b, sync=j == len(micro) - 1)
+            if not sizes[j]:
+                continue
+            losses, c, k = self._micro_step(b, sync=j == last, divisor=total / (sizes[j] * self.env.world))
             for name, v in losses.items():
                 terms[name] = terms.get(name, 0) + v * k
             correct, n = correct + c, n + k
         return terms, correct, n
 
+    def _step_samples(self, local: int) -> float:
+        """The global step's samples over all ranks. Only data.on_corrupt=skip can shorten a micro-batch; otherwise
+        every rank has its full share and the count needs no all-reduce (nor the device sync reading it)."""
+        if self.cfg.data.on_corrupt == "skip" and self.env.distributed:
+            counts = torch.tensor([local, local == 0], device=self.device, dtype=torch.float64)
+            total, empty = all_reduce_sum(counts).tolist()
+        else:
+            total, empty = float(local * self.env.world), float(local == 0)
+        if empty:
+            raise PekdError(f"no readable image in a process's share of global step {self.progress.global_step + 1} "
+                            f"({int(empty)} of {self.env.world} processes): data.on_corrupt=skip left nothing to "
+                            "train on; replace the corrupt files")
+        return total
+
     # ---------------------------------------------------------------- eval
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Exact top-1/top-5 in percent: each rank evaluates its own unpadded shard; counts are summed."""
-        student = self.module.student
-        student.eval()
-        counts = torch.zeros(3, device=self.device, dtype=torch.float64)
-        for batch in self.eval_loader:
-            x, batch = self.prepare(batch)
-            with self._autocast():
-                _, logits = student(x)
-            top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-            hit = top5 == batch.labels[:, None]
-            counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(len(batch),
-                                   device=self.device)]).to(torch.float64)
-        student.train()
-        all_reduce_sum(counts)
-        n = max(counts[2].item(), 1.0)
-        return 100.0 * counts[0].item() / n, 100.0 * counts[1].item() / n
+    def evaluate(self, stop: StopSignal | None = None) -> tuple[float, float] | None:
+        """Exact top-1/top-5 (percent) of the exported student (rank 0's weights and buffers) over every rank's
+        shard; None when `stop` was requested on any rank before the last batch (pekd.engine.evaluation)."""
+        return evaluate(self.module.student, self.eval_loader, self.inputs, self._autocast,
+                        lambda: stop is not None and stop.requested)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -207,8 +227,9 @@ class Trainer:
         if steps == 0:
             raise PekdError(f"the training set has fewer samples than one global batch ({self.plan.global_batch}); "
                             "lower data.batch_size or use more data")
-        status = "running"
         with StopSignal() as stop:
+            # a run stopped during an evaluation resumes with it: it ran after the checkpoint, so it comes first
+            status = "running" if p.pending_eval is None else self._evaluate_epoch(stop)
             while p.epoch < tc.epochs and status == "running":
                 status = self._run_epoch(stop, steps)
             if status == "running":
@@ -276,29 +297,52 @@ class Trainer:
                 return "stopped"
             if tc.ckpt_every_steps and p.global_step % tc.ckpt_every_steps == 0 and p.step_in_epoch < steps:
                 self.save_checkpoint()
-        self._end_epoch()
-        return "running"
+        return self._end_epoch(stop)
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, stop: StopSignal) -> str:
+        """Checkpoint first, evaluate after: a stop requested during a long evaluation (ImageNet: minutes) must
+        not wait for it, and the epoch's training is safe before the evaluation starts."""
         p, tc = self.progress, self.tc
-        lr = self.optimizer.param_groups[0]["lr"]
+        record: dict[str, float] = {"epoch": float(p.epoch), "lr": self.optimizer.param_groups[0]["lr"]}
         self.scheduler.step()
-        record: dict[str, float] = {"epoch": float(p.epoch), "lr": lr}
-        if (p.epoch + 1) % tc.eval_every_epochs == 0 or p.epoch + 1 == tc.epochs:
-            top1, top5 = self.evaluate()
-            record.update(top1=top1, top5=top5)
-            if self.writer:
-                self.writer.add_scalar("val/top1", top1, p.global_step)
-                self.writer.add_scalar("val/top5", top5, p.global_step)
-            log.info("epoch %d: top-1 %.2f%%  top-5 %.2f%%", p.epoch, top1, top5)
-            if top1 > p.best_top1:
-                p.best_top1 = top1
-                self._export("best.pt")
-        p.history.append(record)
         p.epoch += 1
         p.step_in_epoch = 0
+        if p.epoch % tc.eval_every_epochs and p.epoch != tc.epochs:
+            p.history.append(record)
+            self.save_checkpoint()
+            self._write_results("running")
+            return "running"
+        p.pending_eval = record
+        self.save_checkpoint()
+        return self._evaluate_epoch(stop)
+
+    def _evaluate_epoch(self, stop: StopSignal) -> str:
+        """Run the pending evaluation of the last finished epoch and record it (history, TensorBoard at the
+        epoch's last step, best.pt, results.json) exactly as if it had run before the checkpoint; then rewrite
+        that step's checkpoint with the evaluation in it. 'preempted' if stopped before it finished: the
+        checkpoint keeps it pending, for the resumed run to do first."""
+        p = self.progress
+        assert p.pending_eval is not None
+        epoch = int(p.pending_eval["epoch"])
+        log.info("epoch %d: evaluating", epoch)
+        result = self.evaluate(stop)
+        if result is None:
+            log.info("stop requested during the evaluation of epoch %d: the checkpoint of global step %d keeps "
+                     "it pending; resume by restarting the same command", epoch, p.global_step)
+            return "preempted"
+        top1, top5 = result
+        if self.writer:
+            self.writer.add_scalar("val/top1", top1, p.global_step)
+            self.writer.add_scalar("val/top5", top5, p.global_step)
+        log.info("epoch %d: top-1 %.2f%%  top-5 %.2f%%", epoch, top1, top5)
+        if top1 > p.best_top1:
+            p.best_top1 = top1
+            self._export("best.pt")
+        p.history.append({**p.pending_eval, "top1": top1, "top5": top5})
+        p.pending_eval = None
         self.save_checkpoint()
         self._write_results("running")
+        return "running"
 
     def _export(self, name: str) -> None:
         """The student alone (projectors are training-time only), loadable by pekd.models.load_weights."""

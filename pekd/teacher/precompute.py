@@ -26,6 +26,7 @@ from torch import nn
 from pekd.data.batch import Batch
 from pekd.data.pipelines import Passes, build_eval_loader, build_view_passes
 from pekd.data.sources import Source, run_sources
+from pekd.engine import determinism
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from pekd.errors import PekdError
@@ -69,8 +70,7 @@ def setup(cfg: Any, device: torch.device) -> tuple[Source, FrozenTeacher, dict[s
         raise PekdError("precompute needs a teacher: set teacher.name and teacher.weights (or teacher=<config>)")
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True)
+    determinism.configure(cfg.trainer.deterministic, device)
     source = run_sources(cfg)[0]
     digest = bank.weights_sha256(cfg.teacher.weights)  # first: the clearest message for an empty or bad path
     model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)

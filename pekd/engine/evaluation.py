@@ -1,0 +1,100 @@
+"""Evaluation of the exported student: exact sharded top-1/top-5, with rank 0's buffers, stoppable between batches.
+
+Rank 0's buffers: under DDP every rank's BatchNorm running statistics follow its own micro-batches (DDP copies
+rank 0's only at the start of a train-mode forward, and evaluation runs the unwrapped student), while best.pt and
+student.pt are rank 0's. Broadcasting them first makes the reported accuracy exactly that of the exported model.
+Training is unchanged by it: train-mode BatchNorm normalises with batch statistics, and the next DDP forward would
+broadcast the same values anyway.
+
+Stoppable: an ImageNet evaluation takes minutes, and SLURM's USR2 comes a couple of minutes before the kill. The
+ranks agree on the stop flag before every batch in one small all-reduce (as the training step does), and a stopped
+evaluation returns None at once; the trainer checkpoints before it evaluates, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pekd.data.batch import Batch
+from pekd.engine.distributed import all_reduce_max, all_reduce_sum
+
+log = logging.getLogger("pekd")
+
+
+class Inputs:
+    """Batch -> (model input, batch on the device): normalised, in the run's memory format. The student, the
+    online teacher and evaluation all get this same tensor."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 memory_format: torch.memory_format) -> None:
+        self.device, self.memory_format = device, memory_format
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        batch = batch.to(self.device)
+        x = batch.images
+        if x.dtype == torch.uint8:  # pipelines may also hand over normalised floats
+            x = (x.float() - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format), batch
+
+
+def buffer_checksum(module: nn.Module) -> float:
+    """A fingerprint of the module's buffers (their float64 sum): logged per rank, to show when they differ."""
+    sums = [b.detach().double().sum() for b in module.buffers()]
+    return torch.stack(sums).sum().item() if sums else 0.0
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers on every rank (no-op alone)."""
+    if dist.is_available() and dist.is_initialized():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], inputs: Inputs,
+             autocast: Callable[[], AbstractContextManager[Any]],
+             should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float] | None:
+    """Top-1/top-5 in percent over every rank's unpadded shard (counts are summed, so the result is exact), or
+    None when a stop was requested on any rank. Shards may differ by a batch: a rank whose shard is done keeps
+    joining the per-batch agreement until every rank's is."""
+    if dist.is_available() and dist.is_initialized():
+        own = buffer_checksum(model)
+        broadcast_buffers(model)
+        log.info("evaluating with rank 0's buffers: this rank's checksum %.17g, rank 0's %.17g", own,
+                 buffer_checksum(model))
+    was_training = model.training
+    model.eval()
+    try:
+        counts = torch.zeros(3, device=inputs.device, dtype=torch.float64)  # top-1 hits, top-5 hits, images
+        it = iter(batches)
+        while True:
+            batch = next(it, None)
+            flags = torch.tensor([float(should_stop()), float(batch is not None)], device=inputs.device)
+            stop, more = all_reduce_max(flags).tolist()
+            if stop:
+                return None
+            if not more:
+                break
+            if batch is None:
+                continue
+            x, batch = inputs(batch)
+            with autocast():
+                _, logits = model(x)
+            top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+            hit = top5 == batch.labels[:, None]
+            counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(),
+                                   torch.tensor(len(batch), device=inputs.device)]).to(torch.float64)
+    finally:
+        model.train(was_training)
+    all_reduce_sum(counts)
+    n = max(counts[2].item(), 1.0)
+    return 100.0 * counts[0].item() / n, 100.0 * counts[1].item() / n
