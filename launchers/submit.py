@@ -336,6 +336,14 @@ def write_launch_record(folder: Path, job_ids: list[str], runs: list[PlannedRun]
     return path
 
 
+def completed(run_dir: Path) -> bool:
+    """A run whose results.json says it finished: resubmitting a sweep must not queue its finished points again."""
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
 def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, argv: list[str],
              tb_dir: Path) -> list[Any]:
     """--local: at most --parallel runs at a time on this machine, then the same report a cluster sweep ends in.
@@ -375,6 +383,13 @@ def main(argv: list[str] | None = None) -> list[Any]:
             print(f"# run {r.run_dir}: {' '.join(r.overrides)}")
         if not args.local:
             print(sbatch_script(executor, len(runs)))
+        return []
+    for r in runs:
+        if completed(r.run_dir):
+            print(f"already completed, not submitted: {r.run_dir}")
+    runs = [r for r in runs if not completed(r.run_dir)]
+    if not runs:
+        print(f"nothing to submit; results: python -m pekd.report {tb_dir}")
         return []
     for r in runs:
         r.run_dir.mkdir(parents=True, exist_ok=True)

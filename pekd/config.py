@@ -184,6 +184,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.log_every_steps": (lambda v: v >= 1, "must be at least 1 step"),
     "trainer.eval_every_epochs": (lambda v: v >= 1, "must be at least 1 epoch"),
     "trainer.max_steps": (lambda v: v >= 0, "must be 0 (run all epochs) or a positive step count"),
+    "trainer.dist_timeout_s": (lambda v: v > 0, "must be positive seconds"),
 }
 
 

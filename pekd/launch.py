@@ -6,24 +6,49 @@ in the run directory, fixed at submission time, and every start resumes from its
 
 Stopping (SIGUSR2 from SLURM before the time limit, or a preemption): the trainer's handler only sets a flag;
 at the next step boundary the ranks agree, rank 0 checkpoints, and the trainer hands the signal on to submitit's
-handler, which calls `checkpoint()` below and requeues the job. A crash is different: the job requeues itself
-too (a node or network fault goes away), but only until it has crashed `max_failures` times in a row without a
-new checkpoint in between; then it fails with the error in the log and in results.json instead of burning
-allocations. Progress, not the error text, decides: one cause (a loader worker OOM-killed) surfaces as different
-exceptions depending on timing, while a run that checkpoints between crashes is getting somewhere.
+handler, which calls `checkpoint()` below and requeues the job.
+
+A failure is different, and the same whichever rank it hits: an exception in training on any task, or a task
+killed outright (the OOM killer's SIGKILL leaves no Python behind), ends the whole job within seconds and is
+judged once, by the job's batch script, so neither the outcome nor the count depends on which task failed or
+which noticed first:
+
+- srun runs the tasks with `--kill-on-bad-exit=1`: once one ends badly, srun sends the others SIGTERM and, after
+  the site's KillWait, SIGKILL, so no rank sits in a collective with a dead peer until the process-group timeout.
+  Over gloo the survivors often raise "connection reset by peer" first, but not always: a killed rank's forked
+  DataLoader workers hold its sockets open until they notice their parent is gone (up to 5 s), and a rank
+  waiting on NCCL cannot run Python at all; KillWait bounds both.
+- A task whose training raises writes this start's exit record (`pekd_exit.<restart>.json` next to submitit's
+  files) unless another task wrote it first: the first failure is the cause, the peers that then lose their
+  connection to it are its echoes. It then exits.
+- After srun, the batch script (`batch_teardown`, which launchers/submit.py appends to the sbatch script) runs
+  `python -m pekd.launch after-srun STATUS FOLDER` if srun failed. A user error (PekdError, the same on every
+  try) fails the job at once. A crash - or no record at all: every failed task was killed before it could write
+  one - requeues the job with `scontrol requeue`, exactly once since there is one batch script, but only until
+  the job has crashed `max_failures` times in a row without a new checkpoint in between; then it fails with the
+  error in the log and in results.json instead of burning allocations. Progress, not the error text, decides:
+  one cause (a loader worker OOM-killed) surfaces as different exceptions depending on timing, while a run that
+  checkpoints between crashes is getting somewhere.
+- The batch script is not part of srun's job step, so kill-on-bad-exit spares it; scancel, the time limit and a
+  requeue end it with the job, so it never acts on those. A preemption's requeue can still lose the race against
+  srun's exit: `checkpoint()` writes a record first, which tells the batch script that submitit has decided.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import os
 import random
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +60,7 @@ from pekd.errors import PekdError
 log = logging.getLogger("pekd")
 PORT_RANGE = (20000, 60000)
 FAILURES_FILE = "pekd_failures.json"
+EXIT_RECORD_GLOB = "pekd_exit.*"
 
 
 def restart_count() -> int:
@@ -85,6 +111,66 @@ class FailureRecord:
         self.path.unlink(missing_ok=True)
 
 
+@dataclass
+class ExitRecord:
+    """How this start of the job ended, as the first task to fail (or submitit's requeue) saw it; read by the batch
+    script after srun (see the module docstring)."""
+
+    kind: str  # crash | user (a PekdError) | preempted (submitit's signal handler is requeueing the job)
+    rank: int
+    error: str = ""  # failure_summary() of the exception
+    details: str = ""  # its traceback
+
+    @staticmethod
+    def path(folder: Path) -> Path:
+        """Named by the start (SLURM's restart count), so that a record left by a start that was killed before its
+        batch script could read it cannot speak for a later start."""
+        return folder / f"pekd_exit.{restart_count()}.json"
+
+    def claim(self, folder: Path) -> bool:
+        """Write the record unless a task already has; True if this one is it.
+
+        Written whole under a name of this task's, then hard-linked into place: the link fails if the name exists,
+        atomically on NFS too, and nobody ever reads half a record.
+        """
+        path = self.path(folder)
+        own = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}")
+        folder.mkdir(parents=True, exist_ok=True)
+        own.write_text(json.dumps(asdict(self)) + "\n")
+        try:
+            os.link(own, path)
+        except FileExistsError:
+            return False
+        finally:
+            own.unlink(missing_ok=True)
+        return True
+
+    @classmethod
+    def load(cls, folder: Path) -> ExitRecord | None:
+        try:
+            data = json.loads(cls.path(folder).read_text())
+            return cls(str(data["kind"]), int(data["rank"]), str(data["error"]), str(data["details"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def srun_status_text(status: int) -> str:
+    """srun's exit status in words: above 128 it is 128 + the signal that killed a task."""
+    if status > 128:
+        with contextlib.suppress(ValueError):
+            return f"srun exit status {status}: a task was killed by {signal.Signals(status - 128).name}"
+    return f"srun exit status {status}"
+
+
+def batch_teardown(python: str, folder: Path) -> list[str]:
+    """The lines launchers/submit.py appends to the sbatch script after srun: when srun failed, let
+    `python -m pekd.launch after-srun` decide, then end with status 1 whatever it decided - never srun's 137,
+    which a site's `RequeueExit=137` would requeue a second time, or after pekd gave up on the job."""
+    verdict = f'{shlex.quote(python)} -m pekd.launch after-srun "$pekd_status" {shlex.quote(str(folder))}'
+    return ["pekd_status=$?  # srun's: not 0 when a task failed (--kill-on-bad-exit=1 has ended the others)",
+            f'if [ "$pekd_status" -ne 0 ]; then {verdict}; exit 1; fi']
+
+
 def newest_checkpoint_step(run_dir: Path) -> int:
     """Global step of the newest checkpoint file in the run directory (-1: none yet); names suffice to see progress."""
     from pekd.engine.checkpoint import checkpoint_step, list_checkpoints
@@ -125,14 +211,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         cfg = self.resumable_cfg() if restart_count() > 0 else self.cfg
         try:
             results = run(cfg)
-        except PekdError:
+        except PekdError as error:
+            self._record_exit("user", error)
             raise  # a user error is the same on every try: fail now, with its message
         except Exception as error:
             # A dead DataLoader worker also raises from torch's SIGCHLD handler, asynchronously, for as long as
             # its iterator lives (the traceback keeps it alive): training is over, so stop listening first.
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self._requeue_or_raise(error)
-            raise
+            if not self._record_exit("crash", error):
+                raise  # not under SLURM (the LocalExecutor): nobody requeues, the error is the job's result
+            # SystemExit passes submitit's error handler: no 'failed' result for a job that may be requeued.
+            sys.exit(1)
         finally:
             shutdown()
         if results["status"] == "completed":
@@ -146,8 +235,56 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit's USR2 handler, after the trainer has already checkpointed at a step boundary
         (or before training started, when there is nothing new to save). The resubmitted job holds no path
-        to a checkpoint: it finds the newest valid one in the run directory when it starts."""
+        to a checkpoint: it finds the newest valid one in the run directory when it starts. The exit record tells
+        a batch script that outlives submitit's requeue that the job is requeued already."""
+        self._record_exit("preempted")
         return submitit.helpers.DelayedSubmission(TrainJob(self.resumable_cfg(), self.max_failures))
+
+    def after_srun(self, status: int) -> None:
+        """The batch script's verdict on a start whose srun failed with `status` (every task has ended): requeue
+        after a crash unless the job keeps crashing without progress."""
+        env = submitit.JobEnvironment()
+        folder = env.paths.folder
+        record = ExitRecord.load(folder)
+        for stale in folder.glob(EXIT_RECORD_GLOB):  # this start's, and any of a start killed before it got here
+            stale.unlink(missing_ok=True)
+        if record is not None and record.kind != "crash":
+            return  # a user error fails the job as it is; after a preemption, submitit has requeued it
+        run_dir = Path(str(self.cfg.run_dir))
+        _log_from_batch_script(run_dir)
+        if record is None:  # every failed task was killed before it could say why (or srun itself failed)
+            summary, details = f"no task raised an error ({srun_status_text(status)})", ""
+        else:
+            # A killed task is news even next to a recorded error, which may be a peer's echo of that kill.
+            summary = f"rank {record.rank}: {record.error}" + (f" ({srun_status_text(status)})" if status > 128
+                                                                else "")
+            details = record.details
+        step = newest_checkpoint_step(run_dir)
+        count = self._failures().add(step, summary)
+        if count >= self.max_failures:
+            log.error("job %s crashed %d times in a row without a new checkpoint (newest: step %d), last with %s; "
+                      "not requeueing\n%s", env.job_id, count, step, summary, details)
+            self._mark_failed(summary, env.job_id)
+            return
+        log.error("job %s crashed (%d of at most %d times without a new checkpoint): %s; requeueing\n%s",
+                  env.job_id, count, self.max_failures, summary, details)
+        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
+
+    def _record_exit(self, kind: str, error: BaseException | None = None) -> bool:
+        """Under SLURM: say how this task's start ends, for the batch script (the first task's word counts).
+        False elsewhere, where no batch script follows."""
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return False
+        env = submitit.JobEnvironment()
+        record = ExitRecord(kind, env.global_rank)
+        if error is not None:
+            record.error, record.details = failure_summary(error), traceback.format_exc()
+        first = record.claim(env.paths.folder)
+        if kind == "crash":
+            log.error("rank %d failed: %s; %s", record.rank, record.error,
+                      "the job's batch script decides whether to requeue" if first else
+                      "another task failed first (its error is the job's)")
+        return True
 
     def _mark_failed(self, error: str, job_id: str) -> None:
         """Say in the run directory that the run is over (pekd.report lists it as failed, with the error), keeping
@@ -164,22 +301,33 @@ class TrainJob(submitit.helpers.Checkpointable):
     def _failures(self) -> FailureRecord:
         return FailureRecord.load(submitit.JobEnvironment().paths.folder / FAILURES_FILE)
 
-    def _requeue_or_raise(self, error: BaseException) -> None:
-        """Rank 0 requeues the whole job after a crash unless it keeps crashing without progress; other ranks let
-        their error end their task (the requeue restarts them anyway)."""
-        env = submitit.JobEnvironment()
-        if env.global_rank != 0 or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            return
-        summary = failure_summary(error)
-        step = newest_checkpoint_step(Path(str(self.cfg.run_dir)))
-        count = self._failures().add(step, summary)
-        details = traceback.format_exc()
-        if count >= self.max_failures:
-            log.error("job %s crashed %d times in a row without a new checkpoint (newest: step %d), last with %s; "
-                      "not requeueing\n%s", env.job_id, count, step, summary, details)
-            self._mark_failed(summary, env.job_id)
-            return
-        log.error("job %s crashed (%d of at most %d times without a new checkpoint): %s; requeueing\n%s",
-                  env.job_id, count, self.max_failures, summary, details)
-        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
-        sys.exit(1)  # SystemExit passes submitit's error handler: no 'failed' result for a requeued job
+
+def _log_from_batch_script(run_dir: Path) -> None:
+    """The batch script's verdict goes to its own stderr (submitit's log of task 0) and, once the run has logs, to
+    rank 0's log, where the run's story is read."""
+    fmt = logging.Formatter("%(asctime)s [batch script] %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if (run_dir / "logs").is_dir():
+        handlers.append(logging.FileHandler(run_dir / "logs" / "rank0.log"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pekd.launch after-srun STATUS FOLDER`, run by the batch script (see batch_teardown); FOLDER is
+    submitit's job folder pattern (with %j), which names the job's pickle and records."""
+    ap = argparse.ArgumentParser(prog="python -m pekd.launch", description=main.__doc__)
+    ap.add_argument("action", choices=["after-srun"])
+    ap.add_argument("status", type=int, help="srun's exit status")
+    ap.add_argument("folder")
+    args = ap.parse_args(argv)
+    os.environ["SUBMITIT_FOLDER"] = args.folder
+    job = submitit.helpers.DelayedSubmission.load(submitit.JobEnvironment().paths.submitted_pickle).function
+    job.after_srun(args.status)
+
+
+if __name__ == "__main__":
+    main()

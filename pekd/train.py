@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.models import build_model, load_weights
 
     validate(cfg)
-    env = init_distributed()
+    env = init_distributed(cfg.trainer.dist_timeout_s)
     run_dir = Path(str(broadcast_object(str(cfg.run_dir)))).resolve()
     cfg = cfg.copy()
     OmegaConf.update(cfg, "run_dir", str(run_dir))

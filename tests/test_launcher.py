@@ -23,7 +23,16 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pekd.launch import FAILURES_FILE, FailureRecord, export_rendezvous, failure_summary, newest_checkpoint_step
+from pekd.launch import (
+    FAILURES_FILE,
+    ExitRecord,
+    FailureRecord,
+    batch_teardown,
+    export_rendezvous,
+    failure_summary,
+    newest_checkpoint_step,
+    srun_status_text,
+)
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
@@ -132,7 +141,7 @@ def test_sweep_is_one_job_array_and_report_summarises_it(
                                                            "beta=5_q=3"]
     report([str(sweep_dir)])
     table = (sweep_dir / "report.md").read_text()
-    for label in ("beta=5.0, q=1", "beta=5.0, q=3", "beta=25.0, q=1", "beta=25.0, q=3"):
+    for label in ("| beta=5.0 q=1 |", "| beta=5.0 q=3 |", "| beta=25.0 q=1 |", "| beta=25.0 q=3 |"):
         assert label in table
     assert "| 1/1 |" in table and "Incomplete" not in table
     assert (sweep_dir / "report.png").stat().st_size > 0
@@ -263,6 +272,108 @@ def test_a_crash_that_keeps_coming_back_fails_the_job_after_max_failures(
     assert crashed == {"0", "1"} and _restarts(slurm_env, job.job_id) == 1  # requeued once, then failed for good
     results = json.loads((run_dir / "results.json").read_text())  # the run directory says so too (pekd.report)
     assert (results["status"], results["error"], results["job_id"]) == ("failed", record["error"], job.job_id)
+
+
+def _slurm_rank(pid: int) -> int:
+    """The global rank (SLURM_PROCID) a task process, or a DataLoader worker it forked, runs as."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(e for e in environ if e.startswith(b"SLURM_PROCID=")).split(b"=", 1)[1])
+
+
+def _wait_for_requeue(cluster: LocalCluster, job_id: str, restarts: int, what: str) -> float:
+    """Seconds until SLURM has requeued the job `restarts` times in all (timed from now)."""
+    start = time.monotonic()
+    wait_for(lambda: _restarts(cluster, job_id) >= restarts, 60, f"the job to be requeued after {what}")
+    took = time.monotonic() - start
+    print(f"\n{what} -> requeue: {took:.1f} s")
+    return took
+
+
+def test_a_failure_of_rank_1_ends_the_job_at_once_and_requeues_it(
+    slurm_env: LocalCluster, tmp_path: Path  # noqa: F811
+) -> None:
+    # Two nodes x one task. Start 0: rank 1's loader worker is OOM-killed, so rank 1 raises (before, only rank 0
+    # requeued a job, and a crash of another rank failed it). Start 1: rank 1's training process itself is
+    # SIGKILLed, so no Python is left on rank 1 to say anything. Each time srun's --kill-on-bad-exit ends rank 0
+    # too and the batch script requeues the job once; each start resumes from the newest checkpoint.
+    run_dir = tmp_path / "run"
+    steps = 4 * 44
+    recipe = [*CRASHY, "trainer.epochs=4"]
+    [job] = submit.main([*_cpu_args(slurm_env, tmp_path), *recipe, f"run_dir={run_dir}"])
+    wait_for(lambda: any((run_dir / "checkpoints").glob("ckpt-*.pt")), 120, "a first checkpoint")
+    [worker] = [pid for pid, start in _loader_workers(job.job_id).items() if _slurm_rank(pid) == 1 and start == "0"]
+    os.kill(worker, signal.SIGKILL)
+    assert _wait_for_requeue(slurm_env, job.job_id, 1, "rank 1's loader worker killed") < 60
+    first_newest = newest_checkpoint_step(run_dir)
+
+    def resumed_twice_and_checkpointed() -> bool:
+        return _log(run_dir).count("resumed from ") == 1 and newest_checkpoint_step(run_dir) > first_newest
+
+    wait_for(resumed_twice_and_checkpointed, 120, "start 1 to resume and write a checkpoint")
+    procs = _task_processes(job.job_id)
+    [trainer] = [pid for pid, (parent, start) in procs.items()
+                 if parent not in procs and start == "1" and _slurm_rank(pid) == 1]
+    os.kill(trainer, signal.SIGKILL)
+    assert _wait_for_requeue(slurm_env, job.job_id, 2, "rank 1's training process SIGKILLed") < 60
+    newest = newest_checkpoint_step(run_dir)
+    assert _finish(job) == "COMPLETED"
+
+    assert _restarts(slurm_env, job.job_id) == 2  # once per failure: one batch script decides
+    log = _log(run_dir)
+    verdicts = re.findall(rf"job {job.job_id} crashed \(1 of at most 3 times without a new checkpoint\): (.*); "
+                          r"requeueing\n", log)
+    assert len(verdicts) == 2, log
+    # The cause, not rank 0's echo of it (a killed worker surfaces as one of several errors, depending on timing).
+    assert verdicts[0].startswith("rank 1: "), verdicts
+    # Rank 1 left no word; rank 0 may have raised (its connection to rank 1 reset) before srun killed it.
+    assert verdicts[1].endswith("(srun exit status 137: a task was killed by SIGKILL)"), verdicts
+    resumes = re.findall(r"resumed from \S+/ckpt-0*(\d+)\.pt", log)
+    assert [int(r) for r in resumes] == [first_newest, newest], resumes
+    last = log.rpartition("resumed from ")[2]
+    assert [g for g, _ in _steps_logged(last)] == list(range(newest + 1, steps + 1))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["global_step"], results["world_size"]) == ("completed", steps, 2)
+    assert not list((tmp_path / "submitit" / job.job_id).glob("pekd_exit.*"))  # records read and removed
+
+
+def test_a_user_error_on_every_rank_fails_the_job_without_a_requeue(
+    slurm_env: LocalCluster, tmp_path: Path  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "no-such-weights.pt"
+    [job] = submit.main([*_cpu_args(slurm_env, tmp_path), *TINY, "method=ce", "teacher=none",
+                         f"model.weights={missing}", f"run_dir={run_dir}"])
+    assert _finish(job) == "FAILED"
+    assert _restarts(slurm_env, job.job_id) == 0
+    stderr = job.paths.stderr.read_text()  # task 0's, where the batch script also writes
+    assert f"checkpoint {missing} not found; check the weights path" in stderr
+    assert "requeueing" not in stderr and "crashed" not in stderr
+    assert not (tmp_path / "submitit" / job.job_id / FAILURES_FILE).exists()  # not counted as a crash
+
+
+def test_the_first_failure_of_a_start_is_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert ExitRecord("crash", 1, "RuntimeError: worker killed", "Traceback ...").claim(tmp_path)
+    assert not ExitRecord("crash", 0, "RuntimeError: connection reset by peer").claim(tmp_path)  # its echo
+    assert ExitRecord.load(tmp_path) == ExitRecord("crash", 1, "RuntimeError: worker killed", "Traceback ...")
+    assert [p.name for p in tmp_path.iterdir()] == ["pekd_exit.2.json"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    assert ExitRecord.load(tmp_path) is None  # a later start is not spoken for
+    assert srun_status_text(137) == "srun exit status 137: a task was killed by SIGKILL"
+    assert srun_status_text(1) == "srun exit status 1"
+
+
+def test_the_sbatch_script_kills_every_task_on_a_bad_exit_and_then_decides_once(
+    slurm_env: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    submit.main(["--dry-run", *_cpu_args(slurm_env, tmp_path), *TINY, "method=ce", "teacher=none"])
+    script = capsys.readouterr().out
+    command, teardown = script.split("\n# command\n", 1)[1].split("\n# teardown\n", 1)
+    [srun] = [line for line in command.splitlines() if line.startswith("srun ")]
+    assert "--kill-on-bad-exit=1" in srun.split()
+    folder = tmp_path.resolve() / "submitit" / "%j"
+    assert teardown.splitlines() == batch_teardown(sys.executable, folder)
+    assert teardown.startswith("pekd_status=$?") and f"-m pekd.launch after-srun \"$pekd_status\" {folder}" in teardown
 
 
 def test_the_cause_of_a_failure_is_the_bottom_of_its_chain() -> None:

@@ -2,16 +2,33 @@
 
 One device per process; the backend is nccl on CUDA and gloo on CPU. Ranks are always *global* ranks: data is
 sharded by them (sharding by local rank silently repeats data on every node).
+
+Nothing waits without bound. torch's env:// rendezvous retries its connection to MASTER_ADDR:MASTER_PORT for the
+whole process-group timeout, name lookups included, so a first node whose name does not resolve kept a job
+retrying for many minutes with nothing in its log; the master is therefore checked first, against its own
+deadline (PEKD_RENDEZVOUS_TIMEOUT, 120 s by default), and an unreachable one is one clear error. Collectives get
+the caller's timeout (trainer.dist_timeout_s): gloo raises as soon as a dead peer's sockets close (which its
+forked DataLoader workers can delay by a few seconds) and after the timeout when a live peer hangs; NCCL's
+watchdog tears the process down after it (TORCH_NCCL_ASYNC_ERROR_HANDLING's default). Under SLURM, srun's
+--kill-on-bad-exit usually ends the survivors long before that (pekd.launch).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from pekd.errors import PekdError
+
+RENDEZVOUS_TIMEOUT_ENV = "PEKD_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 120.0
+RENDEZVOUS_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,8 +56,65 @@ def _from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def rendezvous_timeout_s() -> float:
+    """How long a rank may take to reach the master: PEKD_RENDEZVOUS_TIMEOUT seconds, 120 by default (time for
+    the first task to import torch on a slow shared file system, which it must do before it listens)."""
+    text = os.environ.get(RENDEZVOUS_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_RENDEZVOUS_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise PekdError(f"{RENDEZVOUS_TIMEOUT_ENV}={text!r} is not a positive number of seconds")
+    return value
+
+
+def wait_for_rendezvous(addr: str, port: int, rank: int, timeout_s: float) -> None:
+    """Return once MASTER_ADDR resolves and (other ranks than 0) its port accepts a connection; raise one error
+    naming the address and why once timeout_s has passed.
+
+    Rank 0 hosts the rendezvous store itself, so there is nothing to connect to yet: it only checks the name. A
+    refused connection is retried (the master may still be starting); a connect that gets no answer is bounded
+    by the time left. A name lookup itself cannot be interrupted, so a resolver that hangs can overrun the
+    deadline by one lookup.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+            if rank == 0:
+                return
+            with socket.create_connection((addr, port), timeout=max(deadline - time.monotonic(), 0.1)):
+                return
+        except socket.gaierror as e:
+            reason = f"name does not resolve: {e.strerror}"
+        except ConnectionRefusedError:
+            reason = "connection refused: nothing listens on that port"
+        except TimeoutError:
+            reason = "no answer"
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PekdError(
+                f"cannot reach the rendezvous at {addr}:{port} within {timeout_s:g} s ({reason}); MASTER_ADDR must "
+                "name the first task's node as every node resolves it (on SLURM: the first node of the job's node "
+                "list, which DNS or /etc/hosts must know) and the port must be open between nodes; a master that "
+                f"starts slowly needs {RENDEZVOUS_TIMEOUT_ENV}=<seconds>")
+        time.sleep(min(RENDEZVOUS_RETRY_S, left))
+
+
 def init_distributed(timeout_s: int = 1800) -> DistEnv:
-    """Initialise torch.distributed if the environment describes more than one process."""
+    """Initialise torch.distributed if the environment describes more than one process.
+
+    timeout_s bounds every collective (and the wait for all ranks to join): it must exceed the longest time one
+    rank legitimately waits for another, e.g. rank 0 writing a checkpoint while the others are already in the
+    next step's all-reduce.
+    """
+    if timeout_s <= 0:
+        raise PekdError(f"the process-group timeout must be positive, got {timeout_s} s (trainer.dist_timeout_s)")
     if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
         _from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,6 +126,9 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+            wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank,
+                                rendezvous_timeout_s())
         # PEKD_DIST_BACKEND=gloo lets several ranks share one GPU (NCCL refuses duplicate devices), e.g. in checks.
         backend = os.environ.get("PEKD_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,25 @@ from pekd.errors import PekdError
 RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.max_micro_batch",
                      "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
                      "data.eval_batch_size", "data.os_cache", "run_dir", "trainer.audit_samples",
-                     "trainer.threads"}
+                     "trainer.threads", "trainer.dist_timeout_s"}
+
+
+@cache
+def schema_defaults() -> dict[str, Any]:
+    """Every key's default in the schema (pekd.config), flattened. A key a newer pekd adds, at its default, is not
+    a change: the run it names is the run an older config.yaml without the key described."""
+    from pekd.config import Config
+
+    tree = OmegaConf.to_container(OmegaConf.structured(Config))
+    assert isinstance(tree, dict)
+    return flatten(tree)
+
+
+def _experiment(tree: dict[str, Any]) -> dict[str, Any]:
+    """The keys that make the experiment: no resumable keys, no keys at their schema default."""
+    defaults = schema_defaults()
+    return {k: v for k, v in flatten(tree).items()
+            if k not in RESUMABLE_CHANGES and not (k in defaults and defaults[k] == v)}
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -49,8 +68,8 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     """8 hex digits of what the run trains (the resolved config without the keys a resume may change): equal
     for the same command typed again, different for any change that makes another run."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    flat = {k: v for k, v in flatten(tree).items() if k not in RESUMABLE_CHANGES}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    assert isinstance(tree, dict)
+    return hashlib.sha256(json.dumps(_experiment(tree), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -65,8 +84,9 @@ def default_run_dir(cfg: DictConfig, root: str | Path = "runs") -> Path:
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = flatten(old), flatten(new)
-    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    """Experiment keys whose values differ (a key only one side has counts as its schema default)."""
+    a, b = _experiment(old), _experiment(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def prepare(run_dir: Path, cfg: DictConfig) -> bool:

@@ -23,4 +23,13 @@
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /shared/runs/submitit/%j/%j_%t_log.out --error /shared/runs/submitit/%j/%j_%t_log.err /shared/venv/bin/python -u -m submitit.core._submit /shared/runs/submitit/%j
+# --kill-on-bad-exit=1: one task failing (an exception, or a SIGKILL from the OOM killer) ends the others at once
+# instead of leaving them in a collective with a dead peer until the process-group timeout.
+srun --unbuffered --output /shared/runs/submitit/%j/%j_%t_log.out --error /shared/runs/submitit/%j/%j_%t_log.err --kill-on-bad-exit=1 /shared/venv/bin/python -u -m submitit.core._submit /shared/runs/submitit/%j
+
+
+# teardown
+# After a failed srun the batch script (outside srun's step, so still alive) decides once for the whole job:
+# requeue after a crash unless it keeps crashing without a new checkpoint, fail on a user error (pekd.launch).
+pekd_status=$?  # srun's: not 0 when a task failed (--kill-on-bad-exit=1 has ended the others)
+if [ "$pekd_status" -ne 0 ]; then /shared/venv/bin/python -m pekd.launch after-srun "$pekd_status" /shared/runs/submitit/%j; exit 1; fi
