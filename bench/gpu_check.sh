@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-export CUBLAS_WORKSPACE_CONFIG=:4096:8   # deterministic cuBLAS for the bit-exact resume test
+# No CUBLAS_WORKSPACE_CONFIG here: trainer.deterministic sets it itself (tests/test_cuda.py checks that).
 status=0
 run() { echo; echo "### $*"; "$@" || { echo "FAILED: $*"; status=1; }; }
 
@@ -23,8 +23,12 @@ done
 PEKD_DIST_BACKEND= run $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pekd.train $tiny \
     trainer.amp=fp16 run_dir=/tmp/gpu_check_nccl on_existing=overwrite
 run $PY -m pytest -q -x tests/test_distributed.py -k "bit_exact or ddp_matches"
-run $PY -m pytest -q -x -rs tests/test_dali.py
+run $PY -m pytest -q -x -rs tests/test_dali.py   # mixed decoding on the process's own GPU
+# CUDA determinism, rank 0's BatchNorm buffers on every rank, a USR2 during evaluation, autocast forward only
+run $PY -m pytest -q -x -rs tests/test_cuda.py tests/test_eval_ddp.py tests/test_epoch_end.py tests/test_train_step.py
 for amp in bf16 fp16; do run $PY -m bench.gpu_throughput --model resnet18 --amp $amp; done
 run $PY -m bench.loaders --dali-mixed --workers 8
 run $PY -m bench.teacher_modes --size 224 --batch 64 --rounds 15
+run $PY -m bench.official_loop --device cuda --rounds 15 --reps 10
+run $PY -m bench.trainer_overhead --device cuda --rounds 15 --reps 20
 exit $status

@@ -209,7 +209,7 @@ def _diff(d: dict[str, Any]) -> str:
 
 
 def _p(p: float | None) -> str:
-    return "–" if p is None else f"{p:.3g}"
+    return "–" if p is None else stats.fmt_p(p)
 
 
 # analysis.json keys of the mechanism table: column head, decimals

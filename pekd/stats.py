@@ -169,7 +169,16 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-TESTS = {"perm": "p_perm", "t": "p_ttest"}  # --test: which p the verdicts (and Holm) use
+TESTS = {"perm": "p_perm", "t": "p_ttest"}
+
+
+def fmt_p(p: float, alpha: float = 0.05) -> str:
+    """3 significant digits, more where rounding would put p on the other side of alpha (0.0499 is not 0.05)."""
+    for digits in range(3, 8):
+        text = f"{p:.{digits}g}"
+        if (float(text) < alpha) == (p < alpha):
+            return text
+    return repr(p)  # --test: which p the verdicts (and Holm) use
 
 
 def verdict(a: str, b: str, comparison: dict[str, Any], alpha: float = 0.05, test: str = "perm") -> str:
@@ -181,11 +190,11 @@ def verdict(a: str, b: str, comparison: dict[str, Any], alpha: float = 0.05, tes
     p = comparison["p_holm"]
     if p < alpha:
         if comparison["mean_diff"] > 0:
-            return claim + f"supported at {alpha:.0%} (Holm p={p:.3g})"
+            return claim + f"supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)})"
         return claim + f"not supported at {alpha:.0%} (the difference goes the other way, significantly)"
     floor = min_sign_flip_p(n)
     limit = f"; {n} paired seeds cannot give p below {floor:.3g}" if test == "perm" and floor >= alpha else ""
-    return claim + f"not supported at {alpha:.0%} (Holm p={p:.3g}{limit})"
+    return claim + f"not supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)}{limit})"
 
 
 def _by_seed(row: Row) -> tuple[dict[Any, Run], set[Any]]:

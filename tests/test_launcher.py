@@ -467,3 +467,48 @@ def test_every_restart_meets_at_a_fresh_port(monkeypatch: pytest.MonkeyPatch) ->
                                            ("1-12", 2160), ("2-12:30:00", 3630)])
 def test_slurm_time_limits_read_as_minutes(text: str, minutes: int | None) -> None:
     assert submit.limit_minutes(text) == minutes
+
+
+def _cancel_when_checkpointed(cluster: LocalCluster, jobs: list, run_dirs: list[Path]) -> None:
+    """scancel (a user's Ctrl-C of a cluster job: no requeue) once every run has a checkpoint to resume from."""
+    for run_dir in run_dirs:
+        wait_for(lambda d=run_dir: any((d / "checkpoints").glob("ckpt-*.pt")), 180, f"a checkpoint in {run_dir}")
+    cluster.run("scancel", *{j.job_id.split("_")[0] for j in jobs})
+    for job in jobs:
+        assert _finish(job) == "CANCELLED"
+
+
+def test_resume_resubmits_a_cancelled_run_with_its_own_config(
+    slurm_env: LocalCluster, tmp_path: Path, tiny: list[str]  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    [job] = submit.main([*_cpu_args(slurm_env, tmp_path, nodes=1), *tiny, "method=ce", "trainer.epochs=12",
+                         f"run_dir={run_dir}"])
+    _cancel_when_checkpointed(slurm_env, [job], [run_dir])
+    assert json.loads((run_dir / "results.json").read_text())["status"] != "completed"
+    [again] = submit.main([*_cpu_args(slurm_env, tmp_path, nodes=1), "--resume", str(run_dir)])
+    assert _finish(again) == "COMPLETED"
+    assert "resumed from" in _log(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["global_step"]) == ("completed", 12 * 44)
+
+
+def test_the_same_sweep_command_resumes_its_unfinished_points_and_skips_finished_ones(
+    slurm_env: LocalCluster, tmp_path: Path, tiny: list[str], capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    command = [*_cpu_args(slurm_env, tmp_path, nodes=1), "--job-name", "resweep", "-m", *tiny, "method=ce",
+               "trainer.epochs=12", "seed=0,1"]
+    jobs = submit.main(command)
+    [sweep_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("resweep-")]
+    run_dirs = [sweep_dir / "seed=0", sweep_dir / "seed=1"]
+    _cancel_when_checkpointed(slurm_env, jobs, run_dirs)
+    again = submit.main(command)  # typed again: same folder, same run directories, resumed
+    assert len(again) == 2 and all(_finish(j) == "COMPLETED" for j in again)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("resweep-")] == [sweep_dir]
+    for run_dir in run_dirs:
+        assert "resumed from" in _log(run_dir)
+        assert json.loads((run_dir / "results.json").read_text())["global_step"] == 12 * 44
+    capsys.readouterr()
+    assert submit.main(command) == []  # nothing left to do: nothing queued
+    out = capsys.readouterr().out
+    assert out.count("already completed, not submitted") == 2 and "nothing to submit" in out

@@ -189,6 +189,17 @@ def test_labels_show_only_what_varies_with_short_unambiguous_names(tmp_path: Pat
     assert "name=" not in table and "model=" not in table
 
 
+def test_rows_with_names_of_their_own_are_labelled_by_them(tmp_path: Path) -> None:
+    """The demo names its rows ("PEFD q=1"): a name the user chose is the label, and --compare takes it."""
+    for method, name in (("fd", "FD no projector"), ("pefd", "PEFD q=1")):
+        for seed, value in enumerate([70.0, 71.0, 70.5]):
+            _run(tmp_path, f"{method}_s{seed}", [f"method={method}", f"seed={seed}", f"name='{name}'"],
+                 "completed", value, value, eval_set=EVAL_SET)
+    _, data = _report(tmp_path, "--compare", "PEFD q=1>FD no projector")
+    assert sorted(r["label"] for r in data["rows"]) == ["FD no projector", "PEFD q=1"]
+    assert [(c["a"], c["b"]) for c in data["comparisons"]] == [("PEFD q=1", "FD no projector")]
+
+
 def test_a_demo_sweep_reads_as_methods_with_the_teacherless_baseline(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     base = ("data=digits", "data.subset=150", "trainer.epochs=3", "trainer.milestones=[2]")
@@ -199,7 +210,7 @@ def test_a_demo_sweep_reads_as_methods_with_the_teacherless_baseline(tmp_path: P
             "pefd_1": ["method=pefd", "method.q=1"], "pefd_3": ["method=pefd"]}
     for i, (slug, overrides) in enumerate(runs.items()):
         for seed in range(2):
-            _run(tmp_path, f"{slug}_s{seed}", [*overrides, f"name=demo_{slug}", f"seed={seed}"], "completed",
+            _run(tmp_path, f"{slug}_s{seed}", [*overrides, "name=demo", f"seed={seed}"], "completed",
                  80.0 + i + seed, 80.0, base=base if slug == "ce" else student, eval_set=EVAL_SET)
     _, data = _report(tmp_path)
     labels = [r["label"] for r in data["rows"]]

@@ -86,3 +86,7 @@ def test_min_sign_flip_p_is_attained() -> None:
 ])
 def test_verdict_sentences(p: float | None, diff: float, n: int, expected: str) -> None:
     assert stats.verdict("A", "B", {"n": n, "mean_diff": diff, "p_holm": p}) == expected
+
+
+def test_a_p_value_never_rounds_across_the_threshold() -> None:
+    assert stats.fmt_p(0.049951) == "0.04995" and stats.fmt_p(0.0501) == "0.0501" and stats.fmt_p(0.012) == "0.012"
