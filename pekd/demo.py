@@ -35,8 +35,8 @@ METHODS = [  # (run folder, row name in the report, overrides): the student runs
     ("pefd_q1", "PEFD q=1", ["method=pefd", "method.q=1", "teacher.mode=bank"]),
     ("pefd_q3", "PEFD q=3", ["method=pefd", "method.q=3", "teacher.mode=bank"]),
 ]
-CLAIMS = ["PEFD q=1>FD no projector",  # claim 1: a projector helps when d_s = d_t
-          "PEFD q=3>PEFD q=1"]  # claim 2: an ensemble of projectors helps more
+CLAIMS = [("claim 1: a projector helps when d_s = d_t", "PEFD q=1>FD no projector"),
+          ("claim 2: an ensemble of projectors helps more", "PEFD q=3>PEFD q=1")]
 
 
 def _train(overrides: list[str]) -> dict[str, Any]:
@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--split-seed", type=int, default=0, help="which training subset (the pilot used another)")
     ap.add_argument("--teacher-subset", type=int, default=10000)
     ap.add_argument("--teacher-epochs", type=int, default=2)
-    ap.add_argument("--student-subset", type=int, default=1000)
-    ap.add_argument("--student-epochs", type=int, default=12)
+    ap.add_argument("--student-subset", type=int, default=500)
+    ap.add_argument("--student-epochs", type=int, default=24)
+    ap.add_argument("--val-subset", type=int, default=0, help="test images (0: the full test set, 10,000)")
     ap.add_argument("--processes", type=int, default=2, help="student runs trained side by side, one thread each")
     args = ap.parse_args(argv)
     if args.seeds < 2:
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def teacher_overrides(args: argparse.Namespace) -> list[str]:
     te = args.teacher_epochs
     return ["data=fashion_mnist", "model.name=resnet20", "method=ce", "teacher=none", "trainer.progress=false",
-            f"data.subset={args.teacher_subset}", f"data.split_seed={args.split_seed}", "data.batch_size=128",
+            f"data.subset={args.teacher_subset}", f"data.split_seed={args.split_seed}",
+            f"data.val_subset={args.val_subset}", "data.batch_size=128", f"trainer.eval_every_epochs={te}",
             f"trainer.epochs={te}", "trainer.lr=0.1", f"trainer.milestones=[{max(te - 1, 1)}]",
             "trainer.log_every_steps=20", f"run_dir={args.out.resolve() / 'teacher'}", "name=demo_teacher"]
 
@@ -95,10 +97,28 @@ def student_overrides(args: argparse.Namespace, folder: str, name: str, method: 
     return ["data=fashion_mnist", "model.name=resnet8", "teacher=none", "teacher.name=resnet20",
             f"teacher.weights={out / 'teacher' / 'student.pt'}", f"teacher.bank={out / 'bank'}", "bank.views=2",
             "bank.dtype=float32", *method, f"seed={seed}", f"data.subset={args.student_subset}",
-            f"data.split_seed={args.split_seed}", "data.batch_size=64", f"trainer.epochs={se}", "trainer.lr=0.05",
+            f"data.split_seed={args.split_seed}", f"data.val_subset={args.val_subset}", "data.batch_size=64",
+            f"trainer.epochs={se}", "trainer.lr=0.05",
             f"trainer.milestones=[{','.join(map(str, milestones(se)))}]", f"trainer.eval_every_epochs={se}",
             "trainer.threads=1", "trainer.progress=false", "trainer.log_every_steps=50",
             f"run_dir={out / folder / f'seed{seed}'}", f"name='{name}'"]
+
+
+def print_claims(report_json: Path) -> None:
+    """Each claim in one line: the paired difference, its CI, the p-values and the verdict, from report.json."""
+    import json
+
+    from pekd.stats import fmt_p
+
+    comparisons = {f"{c['a']}>{c['b']}": c for c in json.loads(report_json.read_text())["comparisons"]}
+    print()
+    for title, spec in CLAIMS:
+        c = comparisons[spec]
+        best = c["best_top1"]
+        ci = "" if best["ci"] is None else f" [95% CI {best['ci'][0]:+.2f}, {best['ci'][1]:+.2f}]"
+        print(f"{title} ({c['a']} vs {c['b']}, {c['n']} paired seeds): {best['mean_diff']:+.2f} points{ci}, "
+              f"paired t p={fmt_p(c['p_ttest']) if c['p_ttest'] is not None else '–'}, sign-flip p="
+              f"{fmt_p(c['p_perm'])} -> {c['verdict']}")
 
 
 @user_errors_exit
@@ -138,10 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         list(pool.map(_analyze, chunks))
     phases["analyze"] = time.perf_counter() - start - sum(phases.values())
 
-    compare = [arg for claim in CLAIMS for arg in ("--compare", claim)]
+    compare = [arg for _, claim in CLAIMS for arg in ("--compare", claim)]
     print(f"\n## pekd demo: Fashion-MNIST, teacher resnet20 -> student resnet8, {args.seeds} seeds "
-          f"(data split {args.split_seed}, training seeds {seeds[0]}..{seeds[-1]}), full test set\n", flush=True)
+          f"(data split {args.split_seed}, training seeds {seeds[0]}..{seeds[-1]}), "
+          f"{args.val_subset or 'all 10,000'} test images\n", flush=True)
     report([str(out), *compare, "--test", "t"])
+    print_claims(out / "report.json")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
     print(f"\n{timing}; {time.perf_counter() - start:.0f} s in all.  TensorBoard: tensorboard --logdir {out}")
 
