@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.engine.trainer import Trainer
     from pekd.methods import TrainModule, build_method
     from pekd.models import build_model, load_weights
+    from pekd.teacher.fingerprint import check_teacher_unchanged
 
     validate(cfg)
     env = init_distributed(cfg.trainer.dist_timeout_s)
@@ -100,6 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if env.is_main:  # rank 0 alone inspects and writes the run directory; every rank raises its verdict
         try:
             prepare(run_dir, cfg)
+            if teacher is not None and cfg.teacher.mode == "online":  # a bank checks its own teacher's sha256
+                check_teacher_unchanged(run_dir, cfg.teacher.weights)
         except PekdError as e:
             problem = str(e)
     problem = broadcast_object(problem)

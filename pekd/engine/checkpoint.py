@@ -4,11 +4,13 @@ A checkpoint file is `MAGIC + sha256(payload) + payload`, where payload is torch
 temp file in the same folder, fsynced, then os.replace'd over the final name and the folder fsynced, so a crash
 (even kill -9) leaves either the old file set or the new one, never a half file under a real name. Loading
 verifies the digest before unpickling (with weights_only=True), so a truncated or corrupted file is detected,
-reported and skipped in favour of the next newest.
+reported and skipped in favour of the next newest. A write that fails (disk full, file size limit, read-only
+folder) removes its temp file and raises a one-line PekdError: the previous files stay as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -34,14 +36,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# What to do about a failed write, by errno: the fixes a user can act on.
+# (The same writer makes feature banks, hence "or bank folder".)
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on that filesystem, or move run_dir (or the bank folder) to one with room",
+    errno.EDQUOT: "free space within your quota, or move run_dir (or the bank folder) to a filesystem with room",
+    errno.EFBIG: "raise the file size limit (ulimit -f), or move run_dir (or the bank folder) to a filesystem "
+                 "that allows larger files",
+    errno.EROFS: "move run_dir (or the bank folder) to a writable filesystem",
+    errno.EACCES: "make the folder writable, or choose another run_dir (or bank folder)",
+}
+
+
+def _write_error(path: Path, e: OSError) -> PekdError:
+    """The one-line error for a file pekd could not write: which file, why (the OS's words) and the fix."""
+    why = (e.strerror or str(e)).lower()
+    fix = _WRITE_FIXES.get(e.errno or 0, "check the filesystem holding that folder")
+    return PekdError(f"cannot write {str(path)!r}: {why}; {fix}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `data` to `path` all or nothing (temp file, fsync, os.replace, fsync of the folder).
+
+    On any failure -- Ctrl-C mid-write included -- the temp file is removed, so a full disk is not made fuller by
+    the attempt and the folder holds no debris; an OSError becomes a PekdError naming the file and the fix.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
+        raise
     _fsync_dir(path.parent)
 
 
@@ -87,12 +119,25 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies; corrupt ones are reported and skipped, never deleted."""
+    """The newest checkpoint that verifies; corrupt ones are reported and skipped, never deleted.
+
+    Each skipped file gets a warning naming it, and the one used is named with them: a run that resumes from
+    an older checkpoint than the newest must say so, or the repeated steps look like a bug.
+    """
+    skipped: list[Path] = []
     for p in list_checkpoints(folder):
         try:
-            return p, load(p)
+            state = load(p)
         except PekdError as e:
-            log.warning("skipping %s", e)
+            log.warning("skipping a checkpoint that does not verify: %s", e)
+            skipped.append(p)
+            continue
+        if skipped:
+            log.warning("using %s, the newest checkpoint that verifies, instead of %s", p,
+                        ", ".join(str(s) for s in skipped))
+        return p, state
+    if skipped:
+        log.warning("none of the %d checkpoints in %s verifies", len(skipped), folder)
     return None
 
 

@@ -37,7 +37,9 @@ class StopSignal:
 
     def __exit__(self, *exc: object) -> None:
         for s, h in self._previous.items():
-            signal.signal(s, h)
+            # once a stop is under way, a repeated signal must not kill the checkpointed process (the default
+            # action of SIGUSR2/SIGTERM): its exit status 3 is what tells a launcher to resume it
+            signal.signal(s, signal.SIG_IGN if self.requested and not callable(h) else h)
 
     def chain(self) -> None:
         """After the checkpoint: let the previous handler (e.g. submitit's requeue) act on the same signal."""
