@@ -63,7 +63,7 @@ def _analyze(run_dirs: list[str]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the demo's run directories")
-    ap.add_argument("--seeds", type=int, default=5, help="training seeds per method (paired across methods)")
+    ap.add_argument("--seeds", type=int, default=6, help="training seeds per method (paired across methods)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--split-seed", type=int, default=0, help="which training subset (the pilot used another)")
     ap.add_argument("--teacher-subset", type=int, default=10000)
