@@ -30,5 +30,11 @@ for amp in bf16 fp16; do run $PY -m bench.gpu_throughput --model resnet18 --amp 
 run $PY -m bench.loaders --dali-mixed --workers 8
 run $PY -m bench.teacher_modes --size 224 --batch 64 --rounds 15
 run $PY -m bench.official_loop --device cuda --rounds 15 --reps 10
-run $PY -m bench.trainer_overhead --device cuda --rounds 15 --reps 20
+run $PY -m bench.trainer_overhead --device cuda --rounds 15 --reps 3
+# No device->host sync on the hot path: warn mode names each synchronising call site once. Expected only:
+# checks.py (agree), metrics.py (reduce), Trainer.save_checkpoint, evaluation.py; with fp16 also GradScaler.step,
+# with trainer.ema_decay>0 AveragedModel.update_parameters. Nothing from step.py or prefetch.py.
+run $PY -W default -c "import sys, torch; torch.cuda.set_sync_debug_mode('warn'); from pekd.train import main; main(sys.argv[1:])" \
+    $tiny trainer.amp=bf16 run_dir=/tmp/gpu_check_sync on_existing=overwrite
+run $PY -m pekd.train $tiny trainer.amp=bf16 trainer.compile=true run_dir=/tmp/gpu_check_compile on_existing=overwrite
 exit $status

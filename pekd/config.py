@@ -85,6 +85,7 @@ class MethodConfig:
     projector: str = "linear_relu"  # linear_relu | mlp_bn
     kd_weight: float = 0.0  # Hinton KD term weight; 1.0 for method=kd
     temperature: float = 4.0
+    label_smoothing: float = 0.0  # of the CE term (torch's cross_entropy label_smoothing; 0 = the paper's CE)
 
 
 @dataclass
@@ -99,15 +100,26 @@ class TrainerConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_gamma: float = 0.1
     lr_scaling: str = "none"  # none | linear (lr * global_batch / 256)
+    schedule: str = "step"  # step: x lr_gamma at each of `milestones` | cosine: to 0 over the epochs after warmup
+    # Linear warmup over this many epochs (fractions allowed), per optimizer step from lr * warmup_start_factor;
+    # 0 = off. The step schedule's milestones stay at their epochs.
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01
+    no_wd_bn_bias: bool = False  # no weight decay on normalisation layers' weights and on any bias
+    ema_decay: float = 0.0  # EMA of the student per optimizer step, evaluated and exported as ema.pt (0 = off)
     amp: str = "auto"  # auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32) | bf16 | fp16 | off
     channels_last: bool = True
     grad_clip: float = 0.0  # max grad norm (0 = off)
     sync_bn: bool = False
     deterministic: bool = False
+    compile: bool = False  # torch.compile the training module (student + projectors) and the online teacher
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     ckpt_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = epoch ends only)
     keep_last: int = 2
     log_every_steps: int = 20
+    # Steps between the device->host reads that check the losses are finite and agree on a stop request (also at
+    # log steps, checkpoints and epoch ends); a stop waits up to this many steps. 1 = check every step.
+    sync_every_steps: int = 10
     eval_every_epochs: int = 1
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs); for tests and benches
     progress: bool = True
@@ -150,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.projector": ("linear_relu", "mlp_bn"),
     "trainer.amp": ("auto", "bf16", "fp16", "off"),
     "trainer.lr_scaling": ("none", "linear"),
+    "trainer.schedule": ("step", "cosine"),
     "bank.dtype": ("float16", "float32"),
     "on_existing": ("resume", "overwrite", "fail"),
 }
@@ -172,6 +185,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method.beta": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
     "method.q": (lambda v: v >= 1, "must be at least 1 projector"),
     "method.temperature": (lambda v: 0 < v < math.inf, "must be positive and finite (the paper's KD uses 4)"),
+    "method.label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off; 0.1 is the usual value)"),
     "trainer.epochs": (lambda v: v > 0, "must be positive"),
     "trainer.lr": (lambda v: 0 < v < math.inf, "must be positive and finite"),
     "trainer.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -182,6 +196,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.ckpt_every_steps": (lambda v: v >= 0, "must be 0 (epoch ends only) or a positive step count"),
     "trainer.keep_last": (lambda v: v >= 1, "must be at least 1: a run resumes from its newest checkpoint"),
     "trainer.log_every_steps": (lambda v: v >= 1, "must be at least 1 step"),
+    "trainer.sync_every_steps": (lambda v: v >= 1, "must be at least 1 step (1 = check every step)"),
+    "trainer.warmup_epochs": (lambda v: 0 <= v < math.inf, "must be 0 (off) or a positive number of epochs"),
+    "trainer.warmup_start_factor": (lambda v: 0 < v <= 1, "must be in (0, 1]: the first step's lr is lr * it"),
+    "trainer.ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off; e.g. 0.9998 per step)"),
     "trainer.eval_every_epochs": (lambda v: v >= 1, "must be at least 1 epoch"),
     "trainer.max_steps": (lambda v: v >= 0, "must be 0 (run all epochs) or a positive step count"),
     "trainer.dist_timeout_s": (lambda v: v > 0, "must be positive seconds"),
@@ -210,6 +228,13 @@ def validate(cfg: Any) -> None:
     if any(m <= 0 for m in milestones) or any(a >= b for a, b in pairwise(milestones)):
         raise PekdError(f"trainer.milestones={milestones} must be positive epochs in strictly increasing order "
                         "(each one multiplies the lr by trainer.lr_gamma once), e.g. [150,180,210]")
+    warmup = cfg.trainer.warmup_epochs
+    if warmup >= cfg.trainer.epochs:
+        raise PekdError(f"trainer.warmup_epochs={warmup} must be shorter than trainer.epochs={cfg.trainer.epochs}; "
+                        "lower it (5 is usual for ImageNet)")
+    if cfg.trainer.schedule == "step" and milestones and milestones[0] <= warmup:
+        raise PekdError(f"trainer.milestones={milestones} must come after the warmup (trainer.warmup_epochs="
+                        f"{warmup}); move the first milestone later or shorten the warmup")
     needs_teacher = cfg.method.name != "ce" or cfg.method.kd_weight > 0
     if needs_teacher and cfg.teacher.mode == "none":
         raise PekdError(f"method.name={cfg.method.name} needs a teacher but teacher.mode=none; "

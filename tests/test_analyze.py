@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pekd.analyze import KEYS, main
+from pekd.models import read_weights
 from tests.train_helpers import TINY, train
 
 
@@ -88,7 +89,7 @@ def test_projector_cka_uses_the_projectors_own_student(runs: dict[str, Path], tm
     reference = analysis(runs["student"])
     copy = tmp_path / "run"
     shutil.copytree(runs["student"], copy)
-    state = torch.load(copy / "best.pt", weights_only=True)
+    state, _ = read_weights(str(copy / "best.pt"))
     gen = torch.Generator().manual_seed(0)
     perturbed = {k: v + 0.5 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
                  for k, v in state.items()}

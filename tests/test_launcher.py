@@ -33,6 +33,7 @@ from pekd.launch import (
     newest_checkpoint_step,
     srun_status_text,
 )
+from pekd.models import read_weights
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
@@ -105,8 +106,8 @@ def test_preempted_two_task_run_resumes_and_matches_uninterrupted(
     for run_dir in (ref_dir, pre_dir):
         assert (run_dir / "results.json").read_text().count('"status": "completed"') == 1
         assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    final_ref = torch.load(ref_dir / "student.pt", weights_only=True)
-    final_pre = torch.load(pre_dir / "student.pt", weights_only=True)
+    final_ref = read_weights(str(ref_dir / "student.pt"))[0]
+    final_pre = read_weights(str(pre_dir / "student.pt"))[0]
     assert final_ref.keys() == final_pre.keys()
     assert all(torch.equal(final_ref[k], final_pre[k]) for k in final_ref)
 

@@ -29,8 +29,9 @@ log = logging.getLogger("pekd")
 
 
 class Inputs:
-    """Batch -> (model input, batch on the device): normalised, in the run's memory format. The student, the
-    online teacher and evaluation all get this same tensor."""
+    """Batch -> (model input, batch with its images and labels on the device): normalised, in the run's memory
+    format. The student, the online teacher and evaluation all get this same tensor. index and view stay where the
+    loader made them (the host): only bookkeeping reads them."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  memory_format: torch.memory_format) -> None:
@@ -39,7 +40,8 @@ class Inputs:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, Batch]:
-        batch = batch.to(self.device)
+        batch = Batch(batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True),
+                      batch.index, batch.view)
         x = batch.images
         if x.dtype == torch.uint8:  # pipelines may also hand over normalised floats
             x = (x.float() - self.mean) / self.std

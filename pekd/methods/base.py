@@ -7,12 +7,14 @@ both and reduces their gradients in a single bucketed all-reduce; the exported s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pekd.errors import PekdError
+from pekd.methods.losses import hinton_kd
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,16 @@ class TeacherNeeds:
 class Method(nn.Module):
     """Base: cross-entropy (weighted) plus, in subclasses, a teacher term."""
 
-    def __init__(self, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:
+    def __init__(self, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+        self.label_smoothing = label_smoothing
+
+    @classmethod
+    def from_config(cls, cfg: Any, d_s: int, d_t: int | None) -> Method:
+        """Build from the `method` config section; methods with more knobs override this."""
+        return cls(**common_args(cfg))
 
     @property
     def needs(self) -> TeacherNeeds:
@@ -39,9 +48,8 @@ class Method(nn.Module):
 
     def forward(self, feat_s: torch.Tensor, logits_s: torch.Tensor, labels: torch.Tensor,
                 feat_t: torch.Tensor | None, logits_t: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        from pekd.methods.losses import hinton_kd
-
-        losses = {"ce": self.ce_weight * F.cross_entropy(logits_s.float(), labels)}
+        ce = F.cross_entropy(logits_s.float(), labels, label_smoothing=self.label_smoothing)
+        losses = {"ce": self.ce_weight * ce}
         if self.kd_weight > 0:
             assert logits_t is not None
             losses["kd"] = self.kd_weight * hinton_kd(logits_s, logits_t, self.temperature)
@@ -66,22 +74,15 @@ class TrainModule(nn.Module):
         return logits_s, self.method(feat_s, logits_s, labels, feat_t, logits_t)
 
 
-def build_method(cfg, d_s: int, d_t: int | None) -> Method:
-    """Build the configured method; d_t is the teacher's feature dimension (None without a teacher)."""
-    from pekd.methods.ce import CrossEntropy
-    from pekd.methods.fd import FeatureDistillation
-    from pekd.methods.kd import HintonKD
-    from pekd.methods.pefd import ProjectorEnsembleFD
+def common_args(cfg: Any) -> dict[str, float]:
+    """The loss weights every method takes (a run directory's config.yaml from before label smoothing, read back
+    by pekd.analyze, has no such key: its CE had none)."""
+    return dict(ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=cfg.temperature,
+                label_smoothing=getattr(cfg, "label_smoothing", 0.0))
 
-    common = dict(ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=cfg.temperature)
-    if cfg.name == "ce":
-        return CrossEntropy(**common)
-    if cfg.name == "kd":
-        return HintonKD(**common)
+
+def teacher_feature_dim(cfg: Any, d_t: int | None) -> int:
+    """d_t for a method that distils features: without a teacher there is nothing to distil."""
     if d_t is None:
         raise PekdError(f"method.name={cfg.name} distils features and needs a teacher; set teacher.name")
-    if cfg.name == "fd":
-        return FeatureDistillation(d_s, d_t, beta=cfg.beta, **common)
-    if cfg.name == "pefd":
-        return ProjectorEnsembleFD(d_s, d_t, beta=cfg.beta, q=cfg.q, projector=cfg.projector, **common)
-    raise PekdError(f"unknown method.name={cfg.name!r}; choose one of ce, kd, fd, pefd")
+    return d_t

@@ -3,13 +3,19 @@
 This is the paper's "no projector" baseline; it only makes sense when d_s == d_t.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import torch
 
 from pekd.errors import PekdError
-from pekd.methods.base import Method, TeacherNeeds
+from pekd.methods.base import Method, TeacherNeeds, common_args, teacher_feature_dim
 from pekd.methods.losses import cosine_distance
+from pekd.methods.registry import register
 
 
+@register("fd")
 class FeatureDistillation(Method):
     """ce + beta * mean(1 - cos(f_s, f_t))."""
 
@@ -19,6 +25,10 @@ class FeatureDistillation(Method):
                             f"teacher's {d_t}; use method=pefd (method.q=1 is FD with one projector)")
         super().__init__(**common)
         self.beta = beta
+
+    @classmethod
+    def from_config(cls, cfg: Any, d_s: int, d_t: int | None) -> FeatureDistillation:
+        return cls(d_s, teacher_feature_dim(cfg, d_t), beta=cfg.beta, **common_args(cfg))
 
     @property
     def needs(self) -> TeacherNeeds:

@@ -2,11 +2,14 @@
 
 Accepts the layouts teachers are published in: a plain state dict (torchvision), `{'model': sd}`
 (RepDistiller), `{'state_dict': sd}` (most training scripts), with or without the `module.` prefix
-DataParallel/DDP adds. Reads with weights_only=True: a checkpoint is data, never code to run.
+DataParallel/DDP adds -- and pekd's own exports (student.pt, best.pt, ema.pt): safetensors files whose metadata
+says how to rebuild the model (EXPORT_KEYS), so `load_student(path)` needs nothing else. Torch files are read with
+weights_only=True and safetensors holds tensors only: a checkpoint is data, never code to run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -17,6 +20,39 @@ from pekd.errors import PekdError
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _DDP_PREFIX = "module."
+EXPORT_FORMAT = "pekd-student-1"
+# What a pekd export's metadata holds (all strings, as safetensors stores them; mean/std as JSON lists).
+EXPORT_KEYS = ("format", "arch", "num_classes", "in_chans", "mean", "std", "pekd_version")
+
+
+def is_safetensors(path: str) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little endian) and the header's '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """The flat state dict at `path` (any accepted layout) and a pekd export's metadata (None for other files)."""
+    if not os.path.isfile(path):
+        raise PekdError(f"checkpoint {path} not found; check the weights path")
+    if is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata()
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise PekdError(f"checkpoint {path} could not be read as a safetensors file ({e}); is it complete?") \
+                from e
+        return _state_dict(state, path), (meta if meta and meta.get("format") == EXPORT_FORMAT else None)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for corrupt or foreign files
+        raise PekdError(_unreadable_message(path, e)) from e
+    return _state_dict(obj, path), None
 
 
 def load_weights(model: nn.Module, path: str, *, config_key: str = "teacher.name") -> None:
@@ -24,19 +60,32 @@ def load_weights(model: nn.Module, path: str, *, config_key: str = "teacher.name
 
     `config_key` is the setting the user should check when the checkpoint is for another architecture.
     """
-    if not os.path.isfile(path):
-        raise PekdError(f"checkpoint {path} not found; check the weights path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for corrupt or foreign files
-        raise PekdError(_unreadable_message(path, e)) from e
-    state = _state_dict(obj, path)
+    state, meta = read_weights(path)
     arch = getattr(model, "arch", type(model).__name__)
     bad = _first_bad_key(model.state_dict(), state)
     if bad is not None:
-        raise PekdError(f"checkpoint {path} does not fit model {arch}: first bad key {bad}; "
+        what = f" (a pekd export of {meta['arch']})" if meta is not None else ""
+        raise PekdError(f"checkpoint {path}{what} does not fit model {arch}: first bad key {bad}; "
                         f"check {config_key}")
     model.load_state_dict(state, strict=True)
+
+
+def load_student(path: str) -> nn.Module:
+    """The model a pekd export describes, ready to run: built, weights loaded, in eval mode, with the input
+    normalisation it was trained with as `model.mean` and `model.std` (tuples, one value per channel)."""
+    from pekd.models.registry import build_model
+
+    state, meta = read_weights(path)
+    if meta is None:
+        raise PekdError(f"{path} is not a pekd export (no pekd metadata): it does not say which model it is; "
+                        "build the model with pekd.models.build_model and use load_weights")
+    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["in_chans"]))
+    bad = _first_bad_key(model.state_dict(), state)
+    if bad is not None:
+        raise PekdError(f"pekd export {path} does not fit its own model {meta['arch']}: first bad key {bad}")
+    model.load_state_dict(state, strict=True)
+    model.mean, model.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+    return model.eval()
 
 
 def _unreadable_message(path: str, error: Exception) -> str:

@@ -1,0 +1,109 @@
+"""What a run reports while it trains: the train meter, log lines, TensorBoard scalars and the progress bar.
+
+The meter keeps its sums on the device: the training step never waits for the device to report a number, and
+the one read-back (an all-reduce of every sum at once) happens at a log step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from pekd.engine.distributed import all_reduce_sum
+from pekd.engine.progress import Progress
+
+log = logging.getLogger("pekd")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """Means over every rank's images since the last log step."""
+
+    terms: dict[str, float]  # mean loss per term
+    top1: float  # percent
+    images: float
+    seconds: float
+
+    @property
+    def loss(self) -> float:
+        return sum(self.terms.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+class TrainMeter:
+    """Loss terms (summed over images), correct predictions and images since the last log step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.terms: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.images = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], correct: torch.Tensor, images: int) -> None:
+        """terms: each loss term times its images, as train_step returns them."""
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0) + v
+        self.correct = self.correct + correct.to(torch.float64)
+        self.images += images
+
+    def reduce(self) -> TrainStats:
+        """Every rank's sums in one all-reduce (a collective: every rank calls it at the same step), then reset."""
+        names = sorted(self.terms)
+        packed = torch.stack([self.terms[k].to(torch.float64) for k in names]
+                             + [self.correct, torch.tensor(float(self.images), device=self.device,
+                                                           dtype=torch.float64)])
+        all_reduce_sum(packed)
+        values = packed.tolist()
+        n = max(values[-1], 1.0)
+        stats = TrainStats({k: values[i] / n for i, k in enumerate(names)}, 100.0 * values[-2] / n, values[-1],
+                           time.perf_counter() - self.t0)
+        self.reset()
+        return stats
+
+
+class Metrics:
+    """Log lines on every rank (its own log file), TensorBoard events on rank 0."""
+
+    def __init__(self, run_dir: Path, is_main: bool, resumed_step: int) -> None:
+        # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
+        purge = resumed_step + 1 if resumed_step else None
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge) if is_main else None
+
+    def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float) -> None:
+        log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s", p.epoch,
+                 p.step_in_epoch, steps_per_epoch, p.global_step, stats.loss,
+                 " ".join(f"{k} {v:.4f}" for k, v in stats.terms.items()), lr, stats.images_per_s)
+        self.scalars(p.global_step, {**{f"train/loss_{k}": v for k, v in stats.terms.items()},
+                                     "train/loss": stats.loss, "train/top1": stats.top1, "train/lr": lr,
+                                     "train/images_per_s": stats.images_per_s})
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, v in values.items():
+                self.writer.add_scalar(tag, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    """A tqdm bar over an epoch's steps on rank 0's console, or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)

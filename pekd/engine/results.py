@@ -1,0 +1,41 @@
+"""results.json: a run's status, accuracies, seeds, data identities and per-epoch history, for pekd.report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pekd.engine.progress import Progress
+from pekd.engine.rundir import write_json
+
+
+def run_results(cfg: Any, p: Progress, status: str, world: int,
+                data_sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The results record of a run standing at `p`: best and last are over the epochs evaluated so far."""
+    evals = [h for h in p.history if "top1" in h]
+    last = evals[-1] if evals else {}
+    best = max(evals, key=lambda h: h["top1"]) if evals else {}
+    return {"status": status, "name": cfg.name, "method": cfg.method.name, "q": cfg.method.q,
+            "beta": cfg.method.beta, "student": cfg.model.name, "teacher": cfg.teacher.name,
+            "seed": cfg.seed, "seeds": {"train": cfg.seed, "split": cfg.data.split_seed, "bank": cfg.bank.seed},
+            "train_set": data_sets.get("train"), "eval_set": data_sets.get("eval"),
+            "epochs": cfg.trainer.epochs, "epoch": p.epoch, "global_step": p.global_step,
+            "best_top1": best.get("top1", math.nan), "best_top5": best.get("top5", math.nan),
+            "last_top1": last.get("top1", math.nan), "last_top5": last.get("top5", math.nan),
+            "paper_top1": cfg.paper_top1 or None, "world_size": world, "history": p.history,
+            **_ema_results(evals)}
+
+
+def _ema_results(evals: list[dict[str, float]]) -> dict[str, float]:
+    """The EMA's best and last accuracy (trainer.ema_decay > 0); nothing for runs without one."""
+    ema = [h for h in evals if "ema_top1" in h]
+    if not ema:
+        return {}
+    best = max(ema, key=lambda h: h["ema_top1"])
+    return {"best_ema_top1": best["ema_top1"], "best_ema_top5": best["ema_top5"],
+            "last_ema_top1": ema[-1]["ema_top1"], "last_ema_top5": ema[-1]["ema_top5"]}
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    write_json(run_dir / "results.json", results)
