@@ -18,13 +18,11 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 
 def configure(deterministic: bool, device: torch.device) -> None:
-    """Call once per process, before the model is built (the first cuBLAS call). A CUBLAS_WORKSPACE_CONFIG
-    already in the environment is the user's choice and is kept."""
-    if deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    """Call once per run, before the model is built (the first cuBLAS call). Every switch is set both ways: runs
+    that share a process (the demo's workers, in-process tests) must not inherit an earlier run's mode. A
+    CUBLAS_WORKSPACE_CONFIG already in the environment is the user's choice and is kept."""
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
