@@ -384,10 +384,10 @@ def main(argv: list[str] | None = None) -> list[Any]:
         if not args.local:
             print(sbatch_script(executor, len(runs)))
         return []
-    for r in runs:
-        if completed(r.run_dir):
-            print(f"already completed, not submitted: {r.run_dir}")
-    runs = [r for r in runs if not completed(r.run_dir)]
+    done = {r.run_dir for r in runs if completed(r.run_dir)}
+    for d in sorted(done):
+        print(f"already completed, not submitted: {d}")
+    runs = [r for r in runs if r.run_dir not in done]
     if not runs:
         print(f"nothing to submit; results: python -m pekd.report {tb_dir}")
         return []
