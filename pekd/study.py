@@ -1,0 +1,264 @@
+"""`python -m pekd.study`: where the paper's claims hold, as curves along the training budget on Fashion-MNIST.
+
+The demo answers the claims at one tiny budget (500 images x 24 epochs, 168 optimizer steps). This study asks the
+question its result raises: along the training budget, where does a projector start to help, if ever, and what do
+the train/test gap, CKA, calibration, dead projector units and alignment do on the way? It trains
+
+1. a teacher to convergence on all 60,000 training images (resnet20, the recipe below, its accuracy stated);
+2. one feature bank per budget (K=2: the flip-only augmentation has exactly two views, so a bank run equals an
+   online run), so FD/PEFD students read the teacher's features instead of running it;
+3. resnet8 students (64-d features, like the teacher's: FD without a projector is possible) with CE, FD without a
+   projector, PEFD q=1 and PEFD q=3 (optionally Hinton KD and KD with the official code's logit projector) at
+   each budget, several paired training seeds, every run evaluated once at its end on all 10,000 test images;
+4. `pekd.analyze` on every student, then `pekd.report --along data.subset`: each claim's paired difference with
+   its CI at every budget, Holm across everything shown.
+
+A budget is a training subset drawn from the full training set (one data split, so every seed and method of a
+budget sees the same images) trained for the same number of epochs: data.subset=500 at 24 epochs is the demo's
+point, 168 steps. Every run is an ordinary pekd run directory named by what it is, so rerunning the same command
+skips finished runs and resumes unfinished ones; with `--launcher slurm` each phase is submitted through
+`launchers/submit.py` and the command is simply rerun when a phase's jobs have finished.
+
+All runs are fp32 (`trainer.amp=off`): the study spans machines whose CPUs differ in native bf16, and one
+precision keeps every point comparable. The sizes come from a pilot on another data split and other seeds
+(docs/study.md), chosen for time alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pekd.errors import PekdError, user_errors_exit
+
+# (run folder, row name in the report, overrides) of every student method the study can train
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "ce": ("CE", ["method=ce", "teacher.mode=none"]),
+    "kd": ("KD T=4", ["method=kd", "teacher.mode=online", "bank.online_same_views=true"]),
+    "fd": ("FD no projector", ["method=fd", "teacher.mode=bank"]),
+    "pefd_q1": ("PEFD q=1", ["method=pefd", "method.q=1", "teacher.mode=bank"]),
+    "pefd_q3": ("PEFD q=3", ["method=pefd", "method.q=3", "teacher.mode=bank"]),
+}
+CLAIMS = ["PEFD q=1>FD no projector", "PEFD q=3>PEFD q=1", "PEFD q=1>CE"]
+TEACHER = "resnet20"
+STUDENT = "resnet8"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Rerun the same command to resume; finished runs are skipped.")
+    ap.add_argument("--out", type=Path, default=Path("runs/study"), help="folder for every run of the study")
+    ap.add_argument("--subsets", default="500,2000,8000,32000",
+                    help="training budgets: images drawn from the 60,000 (comma list), each for --epochs")
+    ap.add_argument("--epochs", type=int, default=24, help="epochs per student run at every budget")
+    ap.add_argument("--methods", default="ce,fd,pefd_q1,pefd_q3", help=f"comma list of {', '.join(METHODS)}")
+    ap.add_argument("--seeds", type=int, default=5, help="paired training seeds per method and budget")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--split-seed", type=int, default=0, help="which subsets the budgets take (the pilot used 1)")
+    ap.add_argument("--teacher", type=Path, help="use this teacher export instead of training one (student.pt)")
+    ap.add_argument("--val-subset", type=int, default=0, help="test images (0: all 10,000)")
+    ap.add_argument("--data-root", help="Fashion-MNIST folder (default: the data config's root)")
+    ap.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    ap.add_argument("--processes", type=int, default=2, help="local: runs trained side by side, one thread each")
+    ap.add_argument("--submit-args", default="", help="slurm: options for launchers/submit.py, e.g. "
+                    "'--partition gpu --time 120'")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (runs, steps) and exit")
+    args = ap.parse_args(argv)
+    args.subsets = [int(s) for s in args.subsets.split(",")]
+    args.methods = args.methods.split(",")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.seeds < 2:
+        ap.error("--seeds must be at least 2: a paired comparison needs several seeds")
+    return args
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    root = [f"data.root={args.data_root}"] if args.data_root else []
+    return ["data=fashion_mnist", *root, "teacher=none", f"data.split_seed={args.split_seed}",
+            f"data.val_subset={args.val_subset}", "trainer.amp=off", "trainer.progress=false"]
+
+
+def teacher_export(args: argparse.Namespace) -> Path:
+    return args.teacher.resolve() if args.teacher else args.out.resolve() / "teacher" / "student.pt"
+
+
+def teacher_overrides(args: argparse.Namespace) -> list[str]:
+    """resnet20 on all 60,000 images for 30 epochs: batch 128, lr 0.1 x0.1 at 18 and 26, wd 5e-4, 2 threads."""
+    return [*common(args), f"model.name={TEACHER}", "method=ce", "data.subset=0", "data.batch_size=128",
+            "trainer.epochs=30", "trainer.lr=0.1", "trainer.milestones=[18,26]", "trainer.eval_every_epochs=5",
+            "trainer.threads=2", "trainer.log_every_steps=100",
+            "seed=0", f"run_dir={args.out.resolve() / 'teacher'}", "name=study_teacher"]
+
+
+def milestones(epochs: int) -> list[int]:
+    """lr x0.1 at 60% and 85% of the epochs, as the paper's recipe (150 and 210 of 240) roughly does."""
+    return sorted({max(1, int(epochs * 0.6)), max(1, int(epochs * 0.85))})
+
+
+def bank_folder(args: argparse.Namespace, subset: int) -> Path:
+    return args.out.resolve() / "banks" / f"subset{subset}"
+
+
+def student_overrides(args: argparse.Namespace, method: str, subset: int, seed: int) -> list[str]:
+    name, method_overrides = METHODS[method]
+    e = args.epochs
+    return [*common(args), f"model.name={STUDENT}", f"teacher.name={TEACHER}",
+            f"teacher.weights={teacher_export(args)}", f"teacher.bank={bank_folder(args, subset)}",
+            "bank.views=2", "bank.dtype=float32", *method_overrides, f"seed={seed}", f"data.subset={subset}",
+            "data.batch_size=64", f"trainer.epochs={e}", "trainer.lr=0.05",
+            f"trainer.milestones=[{','.join(map(str, milestones(e)))}]", f"trainer.eval_every_epochs={e}",
+            "trainer.threads=1", "trainer.log_every_steps=200",
+            f"run_dir={args.out.resolve() / f'subset{subset}' / method / f'seed{seed}'}", f"name='{name}'"]
+
+
+def steps(subset: int, epochs: int, batch: int = 64) -> int:
+    """Optimizer steps of one student run (the loader drops the last incomplete batch)."""
+    return subset // batch * epochs
+
+
+def completed(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def run_dir_of(overrides: list[str]) -> Path:
+    return Path(next(o for o in overrides if o.startswith("run_dir=")).split("=", 1)[1])
+
+
+def train(overrides: list[str]) -> dict[str, Any]:
+    """One pekd run here (in a pool worker); a run that does not complete is an error."""
+    from pekd.engine.distributed import shutdown
+    from pekd.train import compose_config, run
+
+    cfg = compose_config(overrides)
+    t0 = time.perf_counter()
+    try:
+        results = run(cfg)
+    finally:
+        shutdown()
+    if results["status"] != "completed":
+        raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun the study to resume it")
+    return {"run_dir": str(cfg.run_dir), "last_top1": results["last_top1"], "seconds": time.perf_counter() - t0}
+
+
+def train_and_analyze(overrides: list[str]) -> dict[str, Any]:
+    from pekd.analyze import main as analyze
+
+    run_dir = run_dir_of(overrides)
+    r = train(overrides) if not completed(run_dir) else {"run_dir": str(run_dir), "seconds": 0.0,
+                                                         "last_top1": None}
+    if not (run_dir / "analysis.json").exists():
+        analyze([str(run_dir), "--quiet"])
+    return r
+
+
+def submit(args: argparse.Namespace, runs: list[list[str]]) -> None:
+    """Each run through launchers/submit.py (its own checks, run directory and requeue), one job per run."""
+    script = Path(__file__).resolve().parent.parent / "launchers" / "submit.py"
+    for overrides in runs:
+        cmd = [sys.executable, str(script), *args.submit_args.split(), "--gpus", "0", *overrides]
+        if subprocess.run(cmd).returncode != 0:
+            raise PekdError(f"submission failed: {' '.join(cmd)}; fix the error above and rerun the study")
+
+
+def plan(args: argparse.Namespace) -> list[list[str]]:
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    return [student_overrides(args, m, n, s) for n in args.subsets for s in seeds for m in args.methods]
+
+
+def print_plan(args: argparse.Namespace, runs: list[list[str]]) -> None:
+    per = {n: steps(n, args.epochs) for n in args.subsets}
+    total = sum(per[n] for n in args.subsets) * args.seeds * len(args.methods)
+    done = sum(completed(run_dir_of(r)) for r in runs)
+    print(f"study {args.out}: {len(runs)} student runs ({len(args.methods)} methods x {args.seeds} seeds x "
+          f"{len(args.subsets)} budgets; {done} completed), {total:,} optimizer steps in all; steps per budget: "
+          + ", ".join(f"{n} images -> {s}" for n, s in per.items()), flush=True)
+
+
+def phase_teacher(args: argparse.Namespace) -> bool:
+    """True when the teacher export exists; otherwise trains it (local) or submits it (slurm)."""
+    if teacher_export(args).exists():
+        return True
+    overrides = teacher_overrides(args)
+    print(f"== teacher {TEACHER} on all 60,000 images, 30 epochs", flush=True)
+    if args.launcher == "slurm":
+        submit(args, [overrides])
+        return False
+    r = train(overrides)
+    print(f"   top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)", flush=True)
+    return True
+
+
+def phase_banks(args: argparse.Namespace) -> None:
+    from pekd.teacher.precompute import precompute
+    from pekd.train import compose_config
+
+    for n in args.subsets:
+        manifest = precompute(compose_config(student_overrides(args, "fd", n, args.first_seed)))
+        print(f"== feature bank {bank_folder(args, n)}: K=2 views x {manifest['shape'][1]} images, teacher top-1 "
+              f"{manifest.get('teacher_top1', '?')}", flush=True)
+
+
+def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
+    """True when every student run is completed and analysed."""
+    todo = [r for r in runs if not (completed(run_dir_of(r)) and (run_dir_of(r) / "analysis.json").exists())]
+    if not todo:
+        return True
+    if args.launcher == "slurm":
+        untrained = [r for r in todo if not completed(run_dir_of(r))]
+        submit(args, untrained)
+        if len(untrained) < len(todo):
+            from pekd.analyze import main as analyze
+
+            analyze([str(run_dir_of(r)) for r in todo if completed(run_dir_of(r))] + ["--quiet"])
+        return not untrained
+    print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (longest first)", flush=True)
+    todo.sort(key=lambda r: -int(next(o for o in r if o.startswith("data.subset=")).split("=")[1]))
+    with ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for r in pool.map(train_and_analyze, todo):
+            top1 = "" if r["last_top1"] is None else f": top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)"
+            print(f"   {Path(r['run_dir']).relative_to(args.out.resolve())}{top1}", flush=True)
+    return True
+
+
+def report(args: argparse.Namespace) -> None:
+    from pekd.report import main as report_main
+
+    compare = [a for c in CLAIMS if all(m in [METHODS[k][0] for k in args.methods] for m in c.split(">"))
+               for a in ("--compare", c)]
+    report_main([str(args.out), "--along", "data.subset", *compare, "--test", "perm"])
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.out = args.out.resolve()
+    runs = plan(args)
+    print_plan(args, runs)
+    if args.dry_run:
+        return
+    start = time.perf_counter()
+    if not phase_teacher(args):
+        print("teacher submitted; rerun this command when its job has finished", flush=True)
+        return
+    phase_banks(args)
+    if not phase_students(args, runs):
+        print("student runs submitted; rerun this command when their jobs have finished", flush=True)
+        return
+    report(args)
+    print(f"study done in {time.perf_counter() - start:.0f} s (this invocation)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
