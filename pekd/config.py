@@ -86,6 +86,7 @@ class MethodConfig:
     kd_weight: float = 0.0  # Hinton KD term weight; 1.0 for method=kd
     temperature: float = 4.0
     label_smoothing: float = 0.0  # of the CE term (torch's cross_entropy label_smoothing; 0 = the paper's CE)
+    logit_projector: bool = False  # kd only: a trained Linear(classes, classes) on the student's logits before KD
 
 
 @dataclass
@@ -244,6 +245,9 @@ def validate(cfg: Any) -> None:
     if needs_teacher and cfg.teacher.mode == "online" and not cfg.teacher.weights:
         raise PekdError(f"teacher.weights is empty for teacher.name={cfg.teacher.name}: a random teacher teaches "
                         "nothing; point it at a trained checkpoint (torchvision or RepDistiller format)")
+    if cfg.method.logit_projector and cfg.method.name != "kd":
+        raise PekdError(f"method.logit_projector=true is an option of method=kd (the official code's kd1proj), not "
+                        f"of method.name={cfg.method.name}; drop it or use method=kd")
     if cfg.teacher.mode == "bank" and not cfg.teacher.bank:
         raise PekdError("teacher.mode=bank needs teacher.bank=<folder written by `python -m pekd.precompute`>")
     if cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0:

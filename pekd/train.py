@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         load_weights(student, cfg.model.weights)
     with torch.random.fork_rng():  # the teacher's (discarded) init must not shift the projectors' init
         teacher, d_t = _build_teacher(cfg, train_src, env.device, build_model, load_weights)
-    method = build_method(cfg.method, student.feature_dim, d_t)
+    method = build_method(cfg.method, student.feature_dim, d_t, train_src.num_classes)
     if method.needs.feature and teacher is None:
         raise PekdError(f"method.name={cfg.method.name} needs teacher features; set teacher.mode=online or bank")
 

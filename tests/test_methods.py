@@ -95,3 +95,41 @@ def test_mlp_bn_projector_ablation_shapes():
     m = build_method(MethodConfig(name="pefd", q=2, projector="mlp_bn"), 8, 16)
     out = m.projector(torch.randn(4, 8))
     assert out.shape == (4, 16) and (out >= 0).all()
+
+
+def test_kd_logit_projector_loss_by_hand_as_the_official_kd1proj():
+    """method.logit_projector (the official code's kd1proj): CE on the raw logits, KD on Linear(logits), T^2,
+    batch mean; the Linear trains with the student (a TrainModule parameter), evaluation sees the raw logits."""
+    cfg = MethodConfig(name="kd", ce_weight=0.1, kd_weight=0.9, temperature=4.0, logit_projector=True)
+    m = build_method(cfg, 4, None, num_classes=3)
+    w = torch.tensor([[1.0, 0.5, 0.0], [0.0, 2.0, -1.0], [0.5, 0.0, 1.0]])
+    b = torch.tensor([0.1, -0.2, 0.3])
+    with torch.no_grad():
+        m.logit_projector.weight.copy_(w)
+        m.logit_projector.bias.copy_(b)
+    z = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[0.5, 3.0, 1.0], [1.0, 0.0, 2.0]])
+    y = torch.tensor([1, 2])
+    T = 4.0
+    zd, td = z.double(), t.double()
+    proj = zd @ w.double().T + b.double()  # nn.Linear: x W^T + b
+    ps, pt = torch.softmax(proj / T, 1), torch.softmax(td / T, 1)
+    kd = (pt * (pt.log() - ps.log())).sum().item() / 2 * T * T  # summed KL / batch size, as DistillKL
+    ce = -torch.log_softmax(zd, 1)[torch.arange(2), y].mean().item()  # raw logits
+    losses = m(torch.zeros(2, 4), z, y, None, t)
+    assert losses["ce"].item() == pytest.approx(0.1 * ce, rel=1e-6)
+    assert losses["kd"].item() == pytest.approx(0.9 * kd, rel=2e-5)
+    plain = build_method(MethodConfig(name="kd", ce_weight=0.1, kd_weight=0.9), 4, None, num_classes=3)
+    assert plain.logit_projector is None and not list(plain.parameters())
+    tm = TrainModule(nn.Sequential(), m)
+    assert [n for n, _ in tm.named_parameters()] == ["method.logit_projector.weight", "method.logit_projector.bias"]
+    losses["kd"].backward()
+    assert m.logit_projector.weight.grad is not None and m.logit_projector.weight.grad.abs().sum() > 0
+
+
+def test_logit_projector_is_an_option_of_kd_only():
+    from pekd.train import compose_config
+
+    with pytest.raises(PekdError, match="logit_projector=true is an option of method=kd"):
+        compose_config(["data=digits", "method=pefd", "method.logit_projector=true", "teacher.name=resnet8",
+                        "teacher.weights=/x.pt"])

@@ -35,13 +35,17 @@ class Method(nn.Module):
         self.label_smoothing = label_smoothing
 
     @classmethod
-    def from_config(cls, cfg: Any, d_s: int, d_t: int | None) -> Method:
+    def from_config(cls, cfg: Any, d_s: int, d_t: int | None, num_classes: int | None = None) -> Method:
         """Build from the `method` config section; methods with more knobs override this."""
         return cls(**common_args(cfg))
 
     @property
     def needs(self) -> TeacherNeeds:
         return TeacherNeeds(feature=False, logits=self.kd_weight > 0)
+
+    def kd_logits(self, logits_s: torch.Tensor) -> torch.Tensor:
+        """What the KD term compares with the teacher's logits: the student's own, unless a method maps them."""
+        return logits_s
 
     def feature_loss(self, feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -52,7 +56,7 @@ class Method(nn.Module):
         losses = {"ce": self.ce_weight * ce}
         if self.kd_weight > 0:
             assert logits_t is not None
-            losses["kd"] = self.kd_weight * hinton_kd(logits_s, logits_t, self.temperature)
+            losses["kd"] = self.kd_weight * hinton_kd(self.kd_logits(logits_s), logits_t, self.temperature)
         if self.needs.feature:
             assert feat_t is not None
             feat = self.feature_loss(feat_s, feat_t)

@@ -27,7 +27,7 @@ class FeatureDistillation(Method):
         self.beta = beta
 
     @classmethod
-    def from_config(cls, cfg: Any, d_s: int, d_t: int | None) -> FeatureDistillation:
+    def from_config(cls, cfg: Any, d_s: int, d_t: int | None, num_classes: int | None = None) -> FeatureDistillation:
         return cls(d_s, teacher_feature_dim(cfg, d_t), beta=cfg.beta, **common_args(cfg))
 
     @property

@@ -25,7 +25,7 @@ class ProjectorEnsembleFD(Method):
         self.projector = build_projector(projector, d_s, d_t, q)
 
     @classmethod
-    def from_config(cls, cfg: Any, d_s: int, d_t: int | None) -> ProjectorEnsembleFD:
+    def from_config(cls, cfg: Any, d_s: int, d_t: int | None, num_classes: int | None = None) -> ProjectorEnsembleFD:
         return cls(d_s, teacher_feature_dim(cfg, d_t), beta=cfg.beta, q=cfg.q, projector=cfg.projector,
                    **common_args(cfg))
 

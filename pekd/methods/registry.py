@@ -35,8 +35,9 @@ def method_names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-def build_method(cfg: Any, d_s: int, d_t: int | None) -> Method:
-    """Build the configured method; d_t is the teacher's feature dimension (None without a teacher)."""
+def build_method(cfg: Any, d_s: int, d_t: int | None, num_classes: int | None = None) -> Method:
+    """Build the configured method; d_t is the teacher's feature dimension (None without a teacher), num_classes
+    the student's output size (what a logit projector maps)."""
     if cfg.name not in _METHODS:
         raise PekdError(f"unknown method.name={cfg.name!r}; choose one of {', '.join(_METHODS)}")
-    return _METHODS[cfg.name].from_config(cfg, d_s, d_t)
+    return _METHODS[cfg.name].from_config(cfg, d_s, d_t, num_classes)
