@@ -7,14 +7,16 @@ confidence minus accuracy). The run is rebuilt from its own config.yaml -- the s
 the evaluation transform on both (no augmentation) -- and each set is read once, every model seeing each batch,
 with streaming accumulators (O(d^2) memory, never an n x n matrix). Writes RUN_DIR/analysis.json (a flat object
 that pekd.report reads) and prints a short table per run. Models run in eval mode, fp32, in the run's memory
-format, so with trainer.amp=off the test top-1 equals the run's own last evaluation.
+format, so with trainer.amp=off the test top-1 equals the run's own last evaluation. For a projector ensemble it
+also measures, per projector, the fraction of output units no test image activates, and the final alignment
+(mean 1 - cos between the ensemble's projection and the teacher's feature; for equal feature sizes the student's
+own feature's too, FD's alignment). A run trained with trainer.analyze=true wrote the same analysis.json from its
+final evaluation's forward pass (pekd.fused_analysis); this second pass is for the others.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +24,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pekd.diagnostics import KEYS, Meters, Models, TeacherOutputs, observe, results
 from pekd.errors import PekdError, user_errors_exit
-from pekd.metrics import Calibration, LinearCKA
 
 WEIGHTS = ("student.pt", "best.pt")
-KEYS = ("weights", "n_train", "n_test", "eval_set", "train_set", "student_train_top1", "student_test_top1",
-        "train_test_gap", "student_cka", "projector_cka", "student_ece", "student_overconfidence",
-        "teacher_train_top1", "teacher_test_top1", "teacher_ece", "teacher_overconfidence", "pekd_version")
-
-
-@dataclass
-class Models:
-    """What one run analyses. projector_student is the checkpoint's own student when it is not the analysed one:
-    the projectors were trained against it, so their CKA is measured on its features."""
-
-    student: nn.Module
-    teacher: nn.Module | None = None
-    projector: nn.Module | None = None
-    projector_student: nn.Module | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Meters:
-    """One pass's accumulators; the CKA ones stay empty on the training set."""
-
-    student: Calibration = field(default_factory=Calibration)
-    teacher: Calibration = field(default_factory=Calibration)
-    student_cka: LinearCKA = field(default_factory=LinearCKA)
-    projector_cka: LinearCKA = field(default_factory=LinearCKA)
+__all__ = ["KEYS", "WEIGHTS", "analyze", "main", "teacher_cache"]
 
 
 def check_run(run_dir: Path, weights: str) -> DictConfig:
@@ -72,14 +50,14 @@ def check_run(run_dir: Path, weights: str) -> DictConfig:
         raise PekdError(f"{str(run_dir / weights)!r} not found: the run has not finished (student.pt is written "
                         "at the end, best.pt after the first evaluation); finish or resume it, or pick --weights")
     t = cfg.teacher
-    if _has_teacher(cfg) and not Path(t.weights).is_file():
+    if has_teacher(cfg) and not Path(t.weights).is_file():
         raise PekdError(f"teacher.weights={t.weights!r} in {str(cfg_file)!r} not found (a relative path is read "
                         f"from {str(Path.cwd())!r}); run from the directory the run was trained in, or fix the path "
                         "in config.yaml")
     return cfg
 
 
-def _has_teacher(cfg: DictConfig) -> bool:
+def has_teacher(cfg: DictConfig) -> bool:
     """A configured teacher with weights is measured whatever the method: a CE run of an experiment is compared
     with the teacher its distilled siblings learn from."""
     t = cfg.teacher
@@ -93,7 +71,7 @@ def build_models(cfg: DictConfig, run_dir: Path, weights: str, num_classes: int,
     student = build_model(cfg.model.name, num_classes, in_chans)
     load_weights(student, str(run_dir / weights), config_key="model.name")
     models = Models(student)
-    if _has_teacher(cfg):
+    if has_teacher(cfg):
         models.teacher = build_model(cfg.teacher.name, num_classes, in_chans)
         load_weights(models.teacher, str(cfg.teacher.weights))
     if cfg.method.name == "pefd":
@@ -135,45 +113,33 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-# Teacher outputs per batch, keyed by teacher and evaluated set: runs of a sweep share their teacher, so one
-# invocation over many run directories runs the teacher once per set (O(n d) memory, as the features are).
-TeacherOutputs = list[tuple[torch.Tensor, torch.Tensor]]
-
-
 @torch.no_grad()
 def measure(loader: Any, models: Models, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
             memory_format: torch.memory_format, features: bool, cached: TeacherOutputs | None = None) -> Meters:
-    """One pass over loader, every model on each batch; features=False skips CKA (the training set's pass).
-    `cached`: the teacher's (features, logits) of every batch, from an earlier pass over the same set; an empty
-    list is filled by this pass."""
+    """One pass over loader, every model on each batch; features=False skips CKA and the projector (the training
+    set's pass). `cached`: the teacher's outputs on this set, filled where this pass computes them."""
     m = Meters()
     mu = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     sigma = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    replay = bool(cached)
-    for i, batch in enumerate(loader):
+    for batch in loader:
+        index = batch.index
         batch = batch.to(device)
         x = batch.images
         if x.dtype == torch.uint8:  # as Trainer.prepare: pipelines may also hand over normalised floats
             x = (x.float() - mu) / sigma
         x = x.contiguous(memory_format=memory_format)
         feat_s, logits_s = models.student(x)
-        m.student.update(logits_s, batch.labels)
-        if models.teacher is None:
-            continue
-        if replay:
-            feat_t, logits_t = cached[i]
-        else:
-            feat_t, logits_t = models.teacher(x)
-            if cached is not None:
-                cached.append((feat_t, logits_t))
-        m.teacher.update(logits_t, batch.labels)
-        if not features:
-            continue
-        m.student_cka.update(feat_s, feat_t)
-        if models.projector is not None:
-            own = models.projector_student(x)[0] if models.projector_student is not None else feat_s
-            m.projector_cka.update(models.projector(own), feat_t)
+        observe(m, models, x, batch.labels, index, feat_s, logits_s, cached, features)
     return m
+
+
+# Per process: runs of one invocation (or one demo worker) share their teacher's outputs on each set.
+_TEACHER_OUTPUTS: dict[str, TeacherOutputs] = {}
+
+
+def teacher_cache(cfg: DictConfig, source: Any, split: str) -> TeacherOutputs:
+    """This process's store of the teacher's outputs on one set (host memory, filled as passes compute them)."""
+    return _TEACHER_OUTPUTS.setdefault(_cache_key(cfg, source, split), TeacherOutputs(len(source)))
 
 
 def _cache_key(cfg: DictConfig, source: Any, split: str) -> str:
@@ -187,11 +153,8 @@ def _cache_key(cfg: DictConfig, source: Any, split: str) -> str:
                        bool(cfg.trainer.channels_last)], sort_keys=True, default=str)
 
 
-def analyze(run_dir: Path, cfg: DictConfig, weights: str,
-            cache: dict[str, TeacherOutputs] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """The analysis.json object of one run (checked by check_run) and notes worth printing with it. `cache`
-    carries teacher outputs from run to run of one invocation."""
-    import pekd
+def analyze(run_dir: Path, cfg: DictConfig, weights: str) -> tuple[dict[str, Any], list[str]]:
+    """The analysis.json object of one run (checked by check_run) and notes worth printing with it."""
     from pekd.data.pipelines import build_eval_loader
     from pekd.data.sources import run_sources
 
@@ -202,33 +165,22 @@ def analyze(run_dir: Path, cfg: DictConfig, weights: str,
     for model in (models.student, models.teacher, models.projector, models.projector_student):
         if model is not None:
             model.to(device, memory_format=fmt).eval()
-    train_data = cfg.data.copy()  # the eval transform over the training set (an FFCV run reads its train .beton)
-    train_data.val_beton = cfg.data.train_beton
-    cache = {} if cache is None else cache
-    slots = [cache.setdefault(_cache_key(cfg, s, split), []) if models.teacher is not None else None
-             for s, split in ((test_src, "test"), (train_src, "train"))]
-    test = measure(build_eval_loader(test_src, cfg.data, rank=0, world=1), models, test_src.mean, test_src.std,
-                   device, fmt, features=True, cached=slots[0])
-    train = measure(build_eval_loader(train_src, train_data, rank=0, world=1), models, train_src.mean,
-                    train_src.std, device, fmt, features=False, cached=slots[1])
     has_t = models.teacher is not None
-    out: dict[str, Any] = {
-        "weights": weights, "n_train": train.student.n, "n_test": test.student.n,
-        "eval_set": test_src.identity(), "train_set": train_src.identity(),
-        "student_train_top1": train.student.top1(), "student_test_top1": test.student.top1(),
-        "train_test_gap": train.student.top1() - test.student.top1(),
-        "student_cka": test.student_cka.value() if has_t else None,
-        "projector_cka": test.projector_cka.value() if models.projector is not None else None,
-        "student_ece": test.student.ece(), "student_overconfidence": test.student.overconfidence(),
-        "teacher_train_top1": train.teacher.top1() if has_t else None,
-        "teacher_test_top1": test.teacher.top1() if has_t else None,
-        "teacher_ece": test.teacher.ece() if has_t else None,
-        "teacher_overconfidence": test.teacher.overconfidence() if has_t else None,
-        "pekd_version": pekd.__version__,
-    }
-    assert tuple(out) == KEYS
-    # JSON has no NaN: an undefined value (e.g. CKA of a constant feature) is null, like a missing one.
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}, models.notes
+    test = measure(build_eval_loader(test_src, cfg.data, rank=0, world=1), models, test_src.mean, test_src.std,
+                   device, fmt, features=True, cached=teacher_cache(cfg, test_src, "test") if has_t else None)
+    train = measure(build_eval_loader(train_src, train_eval_data(cfg), rank=0, world=1), models, train_src.mean,
+                    train_src.std, device, fmt, features=False,
+                    cached=teacher_cache(cfg, train_src, "train") if has_t else None)
+    return results(test, train, models, weights, test_src.identity(), train_src.identity(),
+                   "pekd.analyze"), models.notes
+
+
+def train_eval_data(cfg: DictConfig) -> Any:
+    """The data section that reads the training set with the evaluation transform (no augmentation): an FFCV run
+    reads its train .beton."""
+    data = cfg.data.copy()
+    data.val_beton = cfg.data.train_beton
+    return data
 
 
 def format_table(run_dir: Path, cfg: DictConfig, a: dict[str, Any], notes: list[str]) -> str:
@@ -248,8 +200,12 @@ def format_table(run_dir: Path, cfg: DictConfig, a: dict[str, Any], notes: list[
         gap = a["teacher_train_top1"] - a["teacher_test_top1"]
         lines.append(f"  {'teacher':8} {f(a['teacher_train_top1']):>11} {f(a['teacher_test_top1']):>10} "
                      f"{f(gap):>6} {f(a['teacher_ece']):>6} {f(a['teacher_overconfidence'], '+.2f'):>8}")
-    if cfg.method.name == "pefd":
-        lines.append(f"  projector ensemble output, CKA to teacher: {f(a['projector_cka'], '.4f')}")
+    if a["student_cos_distance"] is not None:
+        lines.append(f"  student feature, 1 - cos to teacher: {f(a['student_cos_distance'], '.4f')}")
+    if a["projector_cka"] is not None:
+        dead = ", ".join(f"{x:.1%}" for x in a["projector_dead_fractions"])
+        lines.append(f"  projector ensemble output, CKA to teacher: {f(a['projector_cka'], '.4f')}, 1 - cos to "
+                     f"teacher: {f(a['projector_cos_distance'], '.4f')}; dead output units per projector: {dead}")
     lines += [f"  note: {n}" for n in notes]
     return "\n".join(lines)
 
@@ -265,9 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="write analysis.json only, print no tables")
     args = parser.parse_args(argv)
     configs = [check_run(d, args.weights) for d in args.run_dirs]  # every cheap check before any long pass
-    cache: dict[str, TeacherOutputs] = {}
     for run_dir, cfg in zip(args.run_dirs, configs, strict=True):
-        result, notes = analyze(run_dir, cfg, args.weights, cache)
+        result, notes = analyze(run_dir, cfg, args.weights)
         write_json(run_dir / "analysis.json", result)
         if not args.quiet:
             print(format_table(run_dir, cfg, result, notes), flush=True)

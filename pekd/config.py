@@ -109,6 +109,7 @@ class TrainerConfig:
     no_wd_bn_bias: bool = False  # no weight decay on normalisation layers' weights and on any bias
     ema_decay: float = 0.0  # EMA of the student per optimizer step, evaluated and exported as ema.pt (0 = off)
     amp: str = "auto"  # auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32) | bf16 | fp16 | off
+    analyze: bool = False  # analysis.json (pekd.analyze's diagnostics) from the final evaluation's own pass
     channels_last: bool = True
     grad_clip: float = 0.0  # max grad norm (0 = off)
     sync_bn: bool = False

@@ -129,7 +129,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     found = broadcast_object(found)
     if found:
         trainer.resume(ckpt.load(Path(str(found))), Path(str(found)))
-    return trainer.fit()
+    if cfg.trainer.analyze:  # the diagnostics from the final evaluation's forward pass
+        if env.world > 1:
+            raise PekdError("trainer.analyze=true needs one process (under DDP each rank evaluates its own "
+                            "shard); train with trainer.analyze=false and run `python -m pekd.analyze RUN_DIR`")
+        from pekd.fused_analysis import FinalEvalAnalysis
+
+        trainer.final_eval = FinalEvalAnalysis(cfg, run_dir, trainer.module, train_src, val_src, env.device,
+                                               trainer.memory_format)
+    results = trainer.fit()
+    if trainer.final_eval is not None and results["status"] == "completed":
+        trainer.final_eval.finish()
+    return results
 
 
 def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model: Any,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from tests.train_helpers import TINY, train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A CE teacher (no teacher of its own), and a PEFD q=2 student distilled from it; one epoch each."""
     root = tmp_path_factory.mktemp("analyze")
     teacher, student = root / "teacher", root / "student"
@@ -24,9 +25,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert rc == 0, err
     [(rc, err)] = train(TINY + ["method=pefd", "method.q=2", "teacher.name=resnet8", "teacher.mode=online",
                                 f"teacher.weights={teacher / 'student.pt'}", "trainer.epochs=1",
-                                "trainer.milestones=[5]", f"run_dir={student}"])
+                                "trainer.milestones=[5]", "trainer.analyze=true", f"run_dir={student}"])
     assert rc == 0, err
-    return {"teacher": teacher, "student": student}
+    fused = json.loads((student / "analysis.json").read_text())  # written by the run from its final evaluation
+    return {"teacher": teacher, "student": student, "fused": fused}
 
 
 def results(run_dir: Path) -> dict:
@@ -37,7 +39,7 @@ def analysis(run_dir: Path) -> dict:
     return json.loads((run_dir / "analysis.json").read_text())
 
 
-def test_analysis_of_a_pefd_student_and_a_ce_run(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_analysis_of_a_pefd_student_and_a_ce_run(runs: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
     from pekd.data.sources import run_sources
 
     main([str(runs["teacher"]), str(runs["student"])])
@@ -61,17 +63,38 @@ def test_analysis_of_a_pefd_student_and_a_ce_run(runs: dict[str, Path], capsys: 
     assert 0 <= s["student_train_top1"] <= 100 and s["student_test_top1"] > 30, "one epoch beats chance (10%)"
 
     assert 0 <= s["student_cka"] <= 1 and 0 <= s["projector_cka"] <= 1
+    assert len(s["projector_dead_fractions"]) == 2 and all(0 <= f <= 1 for f in s["projector_dead_fractions"])
+    assert s["projector_dead_fraction"] == pytest.approx(sum(s["projector_dead_fractions"]) / 2)
+    assert 0 <= s["projector_cos_distance"] <= 1 and 0 <= s["student_cos_distance"] <= 2  # resnet8: d_s = d_t
     assert 0 <= s["student_ece"] <= 100 and -100 <= s["student_overconfidence"] <= 100
     assert s["teacher_ece"] == pytest.approx(t["student_ece"], abs=1e-9)
 
     # a CE run without a teacher: no teacher metrics, no CKA
-    for key in ("student_cka", "projector_cka", "teacher_train_top1", "teacher_test_top1", "teacher_ece",
+    for key in ("student_cka", "projector_cka", "projector_dead_fraction", "projector_cos_distance",
+                "student_cos_distance", "teacher_train_top1", "teacher_test_top1", "teacher_ece",
                 "teacher_overconfidence"):
         assert t[key] is None, key
     assert t["student_ece"] is not None
 
 
-def test_runs_sharing_a_teacher_reuse_its_outputs_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_the_fused_analysis_equals_the_second_pass(runs: dict[str, Any]) -> None:
+    """trainer.analyze=true took the diagnostics from the final evaluation's forward pass; pekd.analyze's own pass
+    over the same run (amp off) gives the same numbers."""
+    main([str(runs["student"]), "--quiet"])
+    second, fused = analysis(runs["student"]), runs["fused"]
+    assert (fused["test_pass"], second["test_pass"]) == ("final evaluation", "pekd.analyze")
+    assert fused["projector_cka"] is not None and fused["n_test"] == 360
+    for key in KEYS:
+        if key in ("test_pass", "pekd_version"):
+            continue
+        a, b = fused[key], second[key]
+        if isinstance(a, float) or isinstance(a, list):
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12), key
+        else:
+            assert a == b, key
+
+
+def test_runs_sharing_a_teacher_reuse_its_outputs_exactly(runs: dict[str, Any], tmp_path: Path) -> None:
     """One invocation over a sweep runs the teacher once per set; the second run reads it from the cache."""
     main([str(runs["student"]), "--quiet"])
     alone = analysis(runs["student"])
@@ -81,7 +104,7 @@ def test_runs_sharing_a_teacher_reuse_its_outputs_exactly(runs: dict[str, Path],
     assert analysis(copy) == alone == analysis(runs["student"])
 
 
-def test_projector_cka_uses_the_projectors_own_student(runs: dict[str, Path], tmp_path: Path,
+def test_projector_cka_uses_the_projectors_own_student(runs: dict[str, Any], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """best.pt replaced by other weights: the student metrics follow it, the projector CKA stays with the
     checkpoint's student (the one the projectors were trained with), and the output says so."""
@@ -105,7 +128,7 @@ def test_projector_cka_uses_the_projectors_own_student(runs: dict[str, Path], tm
     assert a["student_cka"] != pytest.approx(reference["student_cka"], abs=1e-6)
 
 
-def bad_runs(runs: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], str]]:
+def bad_runs(runs: dict[str, Any], tmp: Path) -> dict[str, tuple[list[str], str]]:
     fresh = shutil.ignore_patterns("analysis.json")
     no_student = tmp / "no_student"
     shutil.copytree(runs["student"], no_student, ignore=fresh)
@@ -124,7 +147,7 @@ def bad_runs(runs: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], str
             "good_then_bad": ([str(runs["teacher"]), str(tmp / "nope")], "is not a directory")}
 
 
-def test_bad_input_is_one_error_line_and_writes_nothing(runs: dict[str, Path], tmp_path: Path,
+def test_bad_input_is_one_error_line_and_writes_nothing(runs: dict[str, Any], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     (runs["teacher"] / "analysis.json").unlink(missing_ok=True)
     for name, (argv, needle) in bad_runs(runs, tmp_path).items():
@@ -137,3 +160,37 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs: dict[str, Path], t
             assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
     assert not (runs["teacher"] / "analysis.json").exists(), "a bad run dir later in the list stops all writes"
     assert not list(tmp_path.glob("*/analysis.json"))
+
+
+def test_dead_units_and_alignment_of_hand_built_projectors() -> None:
+    """Projector weights that make known units dead: unit j of a projector is dead when no input gives it a
+    positive pre-activation; alignment is mean(1 - cos) of the ensemble's average with the teacher's feature."""
+    from pekd.diagnostics import Meters, Models, observe
+    from pekd.methods.projector import LinearReluEnsemble
+
+    ens = LinearReluEnsemble(2, 3, 2)  # two projectors of 3 units from a 2-d feature
+    w0 = torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 1.0]])  # unit 1 dead on non-negative inputs
+    w1 = torch.tensor([[-1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])  # units 0 and 1 dead
+    ens.load_projectors([w0, w1], [torch.zeros(3), torch.tensor([0.0, 0.0, -0.5])])
+    feats = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])  # ReLU features: non-negative
+    teacher_feat = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+
+    class Student(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, torch.zeros(x.shape[0], 4)
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return teacher_feat[: x.shape[0]], torch.zeros(x.shape[0], 4)
+
+    m = Meters()
+    models = Models(Student(), Teacher(), ens)
+    observe(m, models, feats, torch.zeros(3, dtype=torch.long), torch.arange(3), feats, torch.zeros(3, 4), None, True)
+    assert m.dead.fractions() == [pytest.approx(1 / 3), pytest.approx(2 / 3)] and m.dead.mean() == pytest.approx(0.5)
+    # by hand: projector 0 gives (x0, 0, x1), projector 1 gives (0, 0, relu(x0 + x1 - 0.5)); average them
+    p = torch.tensor([[0.5, 0, 0.25], [0, 0, 1.75], [1.5, 0, 2.25]])
+    expected = [1 - float(torch.dot(a, b) / (a.norm() * b.norm())) for a, b in zip(p.double(), teacher_feat.double(),
+                                                                                  strict=True)]
+    assert m.projector_cos.value() == pytest.approx(sum(expected) / 3, rel=1e-12)
+    assert m.student_cos.n == 0  # d_s = 2, d_t = 3: the student's own feature has no alignment to report
+    assert torch.equal(ens(feats), ens.per_projector(feats).mean(dim=1))

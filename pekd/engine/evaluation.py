@@ -64,10 +64,13 @@ def broadcast_buffers(module: nn.Module) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], inputs: Inputs,
              autocast: Callable[[], AbstractContextManager[Any]],
-             should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float] | None:
+             should_stop: Callable[[], bool] = lambda: False,
+             observe: Callable[[torch.Tensor, Batch, torch.Tensor, torch.Tensor], None] | None = None,
+             ) -> tuple[float, float] | None:
     """Top-1/top-5 in percent over every rank's unpadded shard (counts are summed, so the result is exact), or
     None when a stop was requested on any rank. Shards may differ by a batch: a rank whose shard is done keeps
-    joining the per-batch agreement until every rank's is."""
+    joining the per-batch agreement until every rank's is. `observe(input, batch, features, logits)` sees every batch
+    (trainer.analyze: pekd.fused_analysis takes its diagnostics from this pass)."""
     if dist.is_available() and dist.is_initialized():
         own = buffer_checksum(model)
         broadcast_buffers(model)
@@ -90,7 +93,9 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], inputs: Inputs,
                 continue
             x, batch = inputs(batch)
             with autocast():
-                _, logits = model(x)
+                feat, logits = model(x)
+            if observe is not None:
+                observe(x, batch, feat, logits)
             top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
             hit = top5 == batch.labels[:, None]
             counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(),

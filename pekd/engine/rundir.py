@@ -33,7 +33,8 @@ from pekd.errors import PekdError
 RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.max_micro_batch",
                      "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
                      "data.eval_batch_size", "data.os_cache", "run_dir", "trainer.audit_samples",
-                     "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps"}
+                     "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps",
+                     "trainer.analyze"}
 
 
 @cache

@@ -85,6 +85,7 @@ class Trainer:
         self.progress = Progress(lr=self.optimizer.param_groups[0]["lr"])
         self.metrics: Metrics | None = None
         self.ckpt_dir = run_dir / "checkpoints"
+        self.final_eval: Any = None  # trainer.analyze: pekd.fused_analysis.FinalEvalAnalysis, set by pekd.train
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -169,12 +170,14 @@ class Trainer:
             self.ema.update(self.module.student)
 
     # ---------------------------------------------------------------- eval
-    def evaluate(self, stop: StopSignal | None = None, model: nn.Module | None = None) -> tuple[float, float] | None:
+    def evaluate(self, stop: StopSignal | None = None, model: nn.Module | None = None,
+                 observe: Any = None) -> tuple[float, float] | None:
         """Exact top-1/top-5 (percent) of the exported student -- or `model`, e.g. its EMA -- with rank 0's weights
         and buffers, over every rank's shard; None when `stop` was requested on any rank before the last batch
         (pekd.engine.evaluation)."""
         return evaluate(self.module.student if model is None else model, self.eval_loader, self.inputs, self._autocast,
-                        lambda: stop is not None and stop.requested)
+                        lambda: stop is not None and stop.requested,
+                        observe=observe)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -274,7 +277,8 @@ class Trainer:
         assert p.pending_eval is not None and self.metrics is not None
         epoch = int(p.pending_eval["epoch"])
         log.info("epoch %d: evaluating", epoch)
-        result = self.evaluate(stop)
+        final = self.final_eval is not None and epoch == self.tc.epochs - 1  # trainer.analyze
+        result = self.evaluate(stop, observe=self.final_eval.start() if final else None)
         ema = self.evaluate(stop, self.ema.model) if self.ema is not None and result is not None else None
         if result is None or (self.ema is not None and ema is None):
             log.info("stop requested during the evaluation of epoch %d: the checkpoint of global step %d keeps "

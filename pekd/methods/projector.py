@@ -21,8 +21,11 @@ class LinearReluEnsemble(nn.Module):
         # nn.Linear's default init depends only on fan_in (= d_s), so stacking q of them is the same distribution.
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.linear(f))
-        return out.view(f.shape[0], self.q, self.d_t).mean(dim=1)
+        return self.per_projector(f).mean(dim=1)
+
+    def per_projector(self, f: torch.Tensor) -> torch.Tensor:
+        """Each projector's output, [batch, q, d_t] (pekd.analyze counts the units that never activate)."""
+        return torch.relu(self.linear(f)).view(f.shape[0], self.q, self.d_t)
 
     def load_projectors(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> None:
         """Set projector i to (weights[i], biases[i]); used to compare against the official separate layers."""
@@ -44,6 +47,10 @@ class MlpBnEnsemble(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.stack([p(f) for p in self.projectors], dim=0).mean(dim=0)
+
+    def per_projector(self, f: torch.Tensor) -> torch.Tensor:
+        """Each projector's output, [batch, q, d_t]."""
+        return torch.stack([p(f) for p in self.projectors], dim=1)
 
 
 def build_projector(kind: str, d_s: int, d_t: int, q: int) -> nn.Module:
