@@ -11,30 +11,40 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import register, validate
 from pekd.errors import PekdError, user_errors_exit
+
+if TYPE_CHECKING:  # torch is imported where it is used, so `--help` answers before the heavy imports
+    import torch
 
 CONFIG_DIR = Path(os.environ.get("PEKD_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 log = logging.getLogger("pekd")
 
 
 def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
-    """Hydra compose of configs/config.yaml; unknown keys and bad values become one PekdError."""
+    """Hydra compose of configs/config.yaml; unknown keys, names and bad values become one PekdError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from pekd.config import Config
+    from pekd.overrides import check_model_names, check_override, check_schema_keys
+
     register()
     folder = Path(config_dir or CONFIG_DIR).resolve()
     if not (folder / "config.yaml").is_file():
         raise PekdError(f"no config.yaml in {str(folder)!r}; set PEKD_CONFIG_DIR to pekd's configs/ folder")
+    try:  # the user's overrides: no hydra.*, no sweeps
+        for o in OverridesParser.create().parse_overrides(list(overrides)):
+            check_override(o)
+    except HydraException as e:
+        raise PekdError(f"bad override: {' '.join(str(e).split())}") from None
     try:
         with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
             # config.yaml lists `optional experiment`: Hydra silently skips a name it cannot find, so a typo
@@ -46,12 +56,14 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None) -
                     raise PekdError(f"experiment={name!r}: no such recipe in configs/experiment/; choose one of "
                                     f"{recipes}")
             cfg = compose("config", overrides=list(overrides))
+        check_schema_keys(cfg, Config)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         cause = f" ({e.__cause__})" if e.__cause__ else ""
         msg = " ".join(f"{e}{cause}".split())
-        raise PekdError(f"bad config: {msg}; see configs/ and `python -m pekd.train --cfg` for the valid keys") \
-            from None
+        raise PekdError(f"bad config: {msg}; see `python -m pekd.train --help` and `--cfg job` for the valid "
+                        "groups and keys") from None
+    check_model_names(cfg)
     validate(cfg)
     if not cfg.run_dir:
         from pekd.engine.rundir import default_run_dir
@@ -62,6 +74,8 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None) -
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one run described by cfg; returns results (status 'completed', 'preempted' or 'stopped')."""
+    import torch
+
     from pekd.data.order import Plan
     from pekd.data.pipelines import build_eval_loader, build_train_loader
     from pekd.data.sources import run_sources
@@ -163,13 +177,16 @@ def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
+    from pekd.train_cli import parse_command_line
+
+    command = parse_command_line(list(sys.argv[1:] if argv is None else argv))
+    if command.help:
+        from pekd.train_help import help_text
+
+        print(help_text([CONFIG_DIR]))
         return
-    show = "--cfg" in args
-    cfg = compose_config([a for a in args if a != "--cfg"])
-    if show:
+    cfg = compose_config(command.overrides)
+    if command.show:
         print(OmegaConf.to_yaml(cfg))
         return
     from pekd.engine.distributed import shutdown

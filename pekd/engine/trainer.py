@@ -32,6 +32,7 @@ from pekd.engine.distributed import DistEnv
 from pekd.engine.ema import StudentEMA
 from pekd.engine.evaluation import Inputs, evaluate
 from pekd.engine.export import export_student
+from pekd.engine.lease import Lease
 from pekd.engine.metrics import Metrics, TrainMeter, progress_bar
 from pekd.engine.optim import build_optimizer
 from pekd.engine.precision import amp_dtype, autocast
@@ -52,9 +53,10 @@ log = logging.getLogger("pekd")
 class Trainer:
     def __init__(self, cfg: Any, env: DistEnv, run_dir: Path, train_module: TrainModule, teacher: Any,
                  train_loader: Any, eval_loader: Any, mean: tuple[float, ...], std: tuple[float, ...],
-                 plan: Any, data_sets: dict[str, dict[str, Any]] | None = None) -> None:
+                 plan: Any, data_sets: dict[str, dict[str, Any]] | None = None, lease: Lease | None = None) -> None:
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.data_sets = data_sets or {}  # identities of the train and eval sets, recorded in results.json
+        self.lease = lease  # rank 0's lease on run_dir: checked before every write, its generation in each file
         self.tc = tc = cfg.trainer
         self.plan, self.train_loader, self.eval_loader, self.teacher = plan, train_loader, eval_loader, teacher
         self.device = env.device
@@ -135,7 +137,12 @@ class Trainer:
                             "lower trainer.lr or set trainer.grad_clip")
         if not self.env.is_main:
             return
-        ckpt.save(self.state_dict(), ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step))
+        path = ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step)
+        if self.lease is None:
+            ckpt.save(self.state_dict(), path)
+        else:
+            lease = self.lease
+            ckpt.save(lease.stamp(self.state_dict()), path, lambda: lease.check(f"checkpoint {path.name}"))
         ckpt.prune(self.ckpt_dir, self.tc.keep_last)
 
     def _newest_checkpoint(self) -> str:
@@ -205,7 +212,9 @@ class Trainer:
         env, tc, p = self.env, self.tc, self.progress
         micro_iter = prefetch(iter(self.train_loader.epoch(p.epoch, p.step_in_epoch)), self.device)
         bar = progress_bar(env.is_main and tc.progress, steps, p.step_in_epoch, f"epoch {p.epoch}")
-        audit = open(self.run_dir / "logs" / f"samples-rank{env.rank}.txt", "a") if tc.audit_samples else None
+        # line-buffered: a line per step reaches the file at once, so a killed run's audit holds every step it took
+        audit = open(self.run_dir / "logs" / f"samples-rank{env.rank}.txt", "a", buffering=1) \
+            if tc.audit_samples else None
         try:
             return self._steps(stop, steps, micro_iter, bar, audit)
         finally:
@@ -301,6 +310,8 @@ class Trainer:
 
     def _export(self, model: nn.Module, name: str) -> None:
         if self.env.is_main:
+            if self.lease is not None:
+                self.lease.check(name)
             export_student(model, self.run_dir / name, self.mean, self.std)
 
     def _fail_nonfinite(self, where: str) -> None:
@@ -313,7 +324,7 @@ class Trainer:
 
     def _write_results(self, status: str) -> None:
         if self.env.is_main:
-            write_results(self.run_dir, self.results(status))
+            write_results(self.run_dir, self.results(status), self.lease)
             if status == "completed":
                 self._export(self.module.student, "student.pt")
                 if self.ema is not None:
