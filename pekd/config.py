@@ -129,6 +129,11 @@ class TrainerConfig:
     # Seconds a collective may wait for the other ranks before it fails (torch's own default, 30 min, kept a job
     # with a hung rank idle that long); must exceed the longest legitimate wait, e.g. rank 0 saving a checkpoint.
     dist_timeout_s: int = 300
+    # The run directory's lease (pekd.engine.lease): rank 0 renews it every lease_stale_s / 6 s (10 s at most);
+    # a lease with no heartbeat for lease_stale_s is taken over. A second starter waits up to lease_wait_s for a
+    # live lease to end before it is refused (0: refused at once, naming the owner).
+    lease_stale_s: float = 60.0
+    lease_wait_s: float = 0.0
 
 
 @dataclass
@@ -205,6 +210,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.eval_every_epochs": (lambda v: v >= 1, "must be at least 1 epoch"),
     "trainer.max_steps": (lambda v: v >= 0, "must be 0 (run all epochs) or a positive step count"),
     "trainer.dist_timeout_s": (lambda v: v > 0, "must be positive seconds"),
+    "trainer.lease_stale_s": (lambda v: 0 < v < math.inf, "must be positive seconds (60 is usual)"),
+    "trainer.lease_wait_s": (lambda v: 0 <= v < math.inf, "must be 0 (refuse at once) or positive seconds"),
+    "seed": (lambda v: v >= 0, "must be 0 or a positive integer (torch seeds are non-negative)"),
+    "data.split_seed": (lambda v: v >= 0, "must be 0 or a positive integer (seeds are non-negative)"),
+    "bank.seed": (lambda v: v >= 0, "must be 0 or a positive integer (seeds are non-negative)"),
 }
 
 

@@ -111,50 +111,56 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if method.needs.feature and teacher is None:
         raise PekdError(f"method.name={cfg.method.name} needs teacher features; set teacher.mode=online or bank")
 
-    problem = None
-    if env.is_main:  # rank 0 alone inspects and writes the run directory; every rank raises its verdict
+    problem, lease = None, None
+    if env.is_main:  # rank 0 alone inspects and writes the run directory (holding its lease); every rank raises
         try:
-            prepare(run_dir, cfg)
+            _, lease = prepare(run_dir, cfg)
             if teacher is not None and cfg.teacher.mode == "online":  # a bank checks its own teacher's sha256
                 check_teacher_unchanged(run_dir, cfg.teacher.weights)
         except PekdError as e:
             problem = str(e)
     problem = broadcast_object(problem)
     if problem:
+        if lease is not None:
+            lease.release()
         raise PekdError(str(problem))
-    setup_logging(run_dir, env.rank)
-    log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
-             cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world,
-             plan.accum, plan.micro)
+    try:
+        setup_logging(run_dir, env.rank)
+        log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
+                 cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world,
+                 plan.accum, plan.micro)
 
-    same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
-    bank_views = cfg.bank.views if same_views else 0
-    train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
-                                      bank_views=bank_views, bank_seed=cfg.bank.seed)
-    eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
-    torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
-    trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
-                      train_src.mean, train_src.std, plan,
-                      data_sets={"train": train_src.identity(), "eval": val_src.identity()})
-    found = None
-    if env.is_main:
-        hit = ckpt.newest_valid(run_dir / "checkpoints")
-        found = str(hit[0]) if hit else None
-    found = broadcast_object(found)
-    if found:
-        trainer.resume(ckpt.load(Path(str(found))), Path(str(found)))
-    if cfg.trainer.analyze:  # the diagnostics from the final evaluation's forward pass
-        if env.world > 1:
-            raise PekdError("trainer.analyze=true needs one process (under DDP each rank evaluates its own "
-                            "shard); train with trainer.analyze=false and run `python -m pekd.analyze RUN_DIR`")
-        from pekd.fused_analysis import FinalEvalAnalysis
+        same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
+        bank_views = cfg.bank.views if same_views else 0
+        train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
+                                          bank_views=bank_views, bank_seed=cfg.bank.seed)
+        eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
+        torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
+        trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
+                          train_src.mean, train_src.std, plan,
+                          data_sets={"train": train_src.identity(), "eval": val_src.identity()}, lease=lease)
+        found = None
+        if env.is_main:
+            hit = ckpt.newest_valid(run_dir / "checkpoints")
+            found = str(hit[0]) if hit else None
+        found = broadcast_object(found)
+        if found:
+            trainer.resume(ckpt.load(Path(str(found))), Path(str(found)))
+        if cfg.trainer.analyze:  # the diagnostics from the final evaluation's forward pass
+            if env.world > 1:
+                raise PekdError("trainer.analyze=true needs one process (under DDP each rank evaluates its own "
+                                "shard); train with trainer.analyze=false and run `python -m pekd.analyze RUN_DIR`")
+            from pekd.fused_analysis import FinalEvalAnalysis
 
-        trainer.final_eval = FinalEvalAnalysis(cfg, run_dir, trainer.module, train_src, val_src, env.device,
-                                               trainer.memory_format)
-    results = trainer.fit()
-    if trainer.final_eval is not None and results["status"] == "completed":
-        trainer.final_eval.finish()
-    return results
+            trainer.final_eval = FinalEvalAnalysis(cfg, run_dir, trainer.module, train_src, val_src, env.device,
+                                                   trainer.memory_format)
+        results = trainer.fit()
+        if trainer.final_eval is not None and results["status"] == "completed":
+            trainer.final_eval.finish()
+        return results
+    finally:
+        if lease is not None:
+            lease.release()
 
 
 def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model: Any,

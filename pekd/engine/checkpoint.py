@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ def _write_error(path: Path, e: OSError) -> PekdError:
     return PekdError(f"cannot write {str(path)!r}: {why}; {fix}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, check: Callable[[], None] | None = None) -> None:
     """Write `data` to `path` all or nothing (temp file, fsync, os.replace, fsync of the folder).
 
     On any failure -- Ctrl-C mid-write included -- the temp file is removed, so a full disk is not made fuller by
     the attempt and the folder holds no debris; an OSError becomes a PekdError naming the file and the fix.
+    `check` runs right before the replace (pekd.engine.lease: a writer that lost its run's lease writes nothing).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -68,6 +70,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -77,11 +81,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def save(state: dict[str, Any], path: Path) -> None:
+def save(state: dict[str, Any], path: Path, check: Callable[[], None] | None = None) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload, check)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pekd.engine.lease import Lease
 from pekd.engine.progress import Progress
 from pekd.engine.rundir import write_json
 
@@ -37,5 +38,9 @@ def _ema_results(evals: list[dict[str, float]]) -> dict[str, float]:
             "last_ema_top1": ema[-1]["ema_top1"], "last_ema_top5": ema[-1]["ema_top5"]}
 
 
-def write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    write_json(run_dir / "results.json", results)
+def write_results(run_dir: Path, results: dict[str, Any], lease: Lease | None = None) -> None:
+    """Stamped with the lease's generation and written only while this process still holds it."""
+    if lease is None:
+        write_json(run_dir / "results.json", results)
+    else:
+        write_json(run_dir / "results.json", lease.stamp(results), lambda: lease.check("results.json"))

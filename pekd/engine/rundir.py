@@ -7,6 +7,7 @@ run_dir/
   checkpoints/    ckpt-<global step>.pt (last k), verified on load
   student.pt      the exported student (no projectors), best.pt at the best eval accuracy
   tb/             TensorBoard events        logs/rank<r>.log   every rank's log
+  lease/          <generation>.json: who owns the run now (pekd.engine.lease)
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.lease import FOLDER as LEASE_FOLDER
+from pekd.engine.lease import Lease
 from pekd.errors import PekdError
 
 # Keys that may differ between a run and its resumption: they change how, not what, is trained.
@@ -34,7 +40,8 @@ RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.ma
                      "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
                      "data.eval_batch_size", "data.os_cache", "run_dir", "trainer.audit_samples",
                      "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps",
-                     "trainer.analyze"}
+                     "trainer.analyze",
+                     "trainer.lease_stale_s", "trainer.lease_wait_s"}
 
 
 @cache
@@ -90,46 +97,75 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def prepare(run_dir: Path, cfg: DictConfig) -> bool:
-    """Create or adopt run_dir for cfg (rank 0 only); True when it holds an earlier run of the same config.
+def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
+    """Create or adopt run_dir for cfg (rank 0 only) and take its lease (pekd.engine.lease, heartbeat running);
+    the bool is True when run_dir holds an earlier run of the same config.
 
     A non-empty directory made for a different config is refused (on_existing=overwrite moves it aside to
     run_dir.old-<time>, never deleting it). A run_dir that cannot be a writable folder is refused before anything
-    is written, so a bad path never leaves a half-made run behind.
+    is written, so a bad path never leaves a half-made run behind; so is one whose config.yaml cannot be read.
+    Everything that can be refused by reading is refused before the lease is taken: a refused command leaves a
+    finished run untouched. A run directory whose lease is live is refused naming its owner, and is never moved
+    aside by on_existing=overwrite.
     """
     _check_usable(run_dir)
     cfg_file = run_dir / "config.yaml"
     new = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(new, dict)
     try:
-        existing = run_dir.is_dir() and any(run_dir.iterdir())
-        if existing and cfg.on_existing == "overwrite":
-            run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-            existing = False
-        elif existing and cfg.on_existing == "fail":
+        existing = run_dir.is_dir() and any(p.name != LEASE_FOLDER for p in run_dir.iterdir())
+        if existing and cfg.on_existing == "fail":
             raise PekdError(f"run directory {str(run_dir)!r} is not empty and on_existing=fail; choose another "
                             "run_dir, or on_existing=resume / on_existing=overwrite")
-        elif existing:
-            if not cfg_file.is_file():
-                raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd "
-                                "run); choose another run_dir or on_existing=overwrite (moves it aside)")
-            old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
-            assert isinstance(old, dict)
-            diff = config_differences(old, new)
-            if diff:
-                shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
-                raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
-                                f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
-                                "on_existing=overwrite to move the old run aside")
-        for sub in ("checkpoints", "tb", "logs"):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode())
-        write_json(run_dir / "meta.json", describe_environment())
+        if existing and cfg.on_existing == "resume":
+            _check_same_config(run_dir, new)
+        lease = Lease.acquire(run_dir, cfg.trainer.lease_stale_s, cfg.trainer.lease_wait_s)
+        lease.start_heartbeat()
+        try:
+            if existing and cfg.on_existing == "overwrite":
+                aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                run_dir.rename(aside)
+                lease.run_dir = aside
+                lease.release()  # the moved run's lease, marked released there
+                lease = Lease.acquire(run_dir, cfg.trainer.lease_stale_s, 0, lease.generation + 1)
+                lease.start_heartbeat()
+                existing = False
+            for sub in ("checkpoints", "tb", "logs"):
+                (run_dir / sub).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode(), lambda: lease.check("config.yaml"))
+            write_json(run_dir / "meta.json", describe_environment(), lambda: lease.check("meta.json"))
+        except BaseException:
+            lease.release()
+            raise
     except OSError as e:  # what the checks cannot foresee: /proc, a read-only mount, a full disk
         where = f": {e.filename!r}" if e.filename else ""
         raise PekdError(f"run_dir={str(run_dir)!r} cannot be made or written ({e.strerror or e}{where}); choose a "
                         "run_dir in a folder you can write to") from None
-    return bool(existing)
+    return bool(existing), lease
+
+
+def _check_same_config(run_dir: Path, new: dict[str, Any]) -> None:
+    """Refuse resuming a run directory that is not a pekd run, whose config.yaml cannot be read, or that was made
+    for another config (reads only)."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd "
+                        "run); choose another run_dir or on_existing=overwrite (moves it aside)")
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as e:
+        why = " ".join(str(e).split())[:200]
+        raise PekdError(f"{str(cfg_file)!r} cannot be read ({type(e).__name__}: {why}); restore it, or run with "
+                        "on_existing=overwrite to move the old run aside and start afresh") from None
+    if not isinstance(old, dict):
+        raise PekdError(f"{str(cfg_file)!r} is not a pekd config (a YAML {type(old).__name__}, not a mapping); "
+                        "restore it, or run with on_existing=overwrite to move the old run aside and start afresh")
+    diff = config_differences(old, new)
+    if diff:
+        shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
+        raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
+                        f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
+                        "on_existing=overwrite to move the old run aside")
 
 
 def _check_usable(run_dir: Path) -> None:
@@ -175,5 +211,5 @@ def describe_environment() -> dict[str, Any]:
             "world_size": int(os.environ.get("WORLD_SIZE", "1")), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: Path, obj: Any, check: Callable[[], None] | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), check)
