@@ -139,11 +139,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
                           train_src.mean, train_src.std, plan,
                           data_sets={"train": train_src.identity(), "eval": val_src.identity()}, lease=lease)
-        found = None
+        found, problem = None, None
         if env.is_main:
-            hit = ckpt.newest_valid(run_dir / "checkpoints")
-            found = str(hit[0]) if hit else None
-        found = broadcast_object(found)
+            try:
+                hit = ckpt.newest_to_resume(run_dir / "checkpoints")
+                found = str(hit[0]) if hit else None
+            except PekdError as e:
+                problem = str(e)
+        found, problem = broadcast_object((found, problem))  # type: ignore[misc]
+        if problem:
+            raise PekdError(str(problem))
         if found:
             trainer.resume(ckpt.load(Path(str(found))), Path(str(found)))
         if cfg.trainer.analyze:  # the diagnostics from the final evaluation's forward pass

@@ -19,6 +19,7 @@ may change, so it used to resume and rewrite that run). Every case is also check
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ CASES: dict[str, Case] = {
     "milestone_0": Case(("trainer.milestones=[0,1]",), "trainer.milestones"),
     "milestones_dup": Case(("trainer.milestones=[1,1]",), "trainer.milestones"),
     "milestones_down": Case(("trainer.milestones=[2,1]",), "trainer.milestones"),
+    # seeds (a negative one used to end in torch's "expected non-negative integer" traceback)
+    "seed_neg": Case(("seed=-1",), "seed=-1"),
+    "split_seed_neg": Case(("data.split_seed=-3",), "data.split_seed"),
+    "lease_stale_0": Case(("trainer.lease_stale_s=0",), "trainer.lease_stale_s", run_dir="run"),
 }
 
 
@@ -172,3 +177,38 @@ def test_bad_input_is_one_error_line_and_touches_nothing(name: str, finished: Pa
     else:
         assert_one_error_line(code, stderr, case.needle)
     assert snapshot(finished.parent) == before_run
+
+
+# A run directory's own files, damaged: (file, how) -> what the one error line must name besides the file.
+DAMAGED = {
+    "config_yaml_garbage": ("config.yaml", b"model: {name: [resnet8\n", "on_existing=overwrite"),
+    "config_yaml_binary": ("config.yaml", b"\x00\xff\xfe\x00", "on_existing=overwrite"),
+    "config_yaml_a_list": ("config.yaml", b"- a\n- b\n", "on_existing=overwrite"),
+    "lease_garbage": ("lease/000000001.json", b'{"generation": 1, "ho', "delete that file"),
+    "every_checkpoint_truncated": ("checkpoints/*", b"PEKDCKPT1\n", "on_existing=overwrite"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_a_damaged_file_of_the_run_directory_is_one_error_naming_it(name: str, finished: Path, tmp_path: Path) -> None:
+    """The same command run again on a run directory whose own file is damaged: one error line naming the file and
+    the way out, and the run's data left as it was (~10 s each: a real `python -m pekd.train`)."""
+    relative, damage, way_out = DAMAGED[name]
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    targets = sorted(run_dir.glob(relative))
+    assert targets, relative
+    for target in targets:
+        target.write_bytes(damage)
+    before = snapshot(run_dir)
+    proc = subprocess.run([sys.executable, "-m", "pekd.train", *RUN, f"run_dir={run_dir}"], capture_output=True,
+                          text=True, cwd=REPO, env=env_for(0, 1, 0), timeout=300)
+    needle = str(run_dir / relative) if "*" not in relative else str(run_dir / "checkpoints")
+    assert_one_error_line(proc.returncode, proc.stderr, needle)
+    assert way_out in proc.stderr.splitlines()[-1]
+    if "*" not in relative:  # refused before the run directory is adopted: nothing at all changes
+        assert snapshot(run_dir) == before, "a refused run must leave the run directory as it was"
+    else:  # refused at resume, after adopting it (config.yaml, meta.json, logs, lease): the run's data is as it was
+        kept = ("checkpoints", "results.json", "best.pt", "student.pt")
+        assert {k: v for k, v in snapshot(run_dir).items() if k.startswith(kept)} == \
+            {k: v for k, v in before.items() if k.startswith(kept)}

@@ -145,6 +145,19 @@ def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def newest_to_resume(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """newest_valid, except that a folder whose checkpoints all fail to verify is an error: starting afresh beside
+    them would lose the run's progress without a word, and prune (newest by step first) would then delete the new
+    checkpoints before the corrupt ones."""
+    hit = newest_valid(folder)
+    found = list_checkpoints(folder)
+    if hit is None and found:
+        raise PekdError(f"none of the {len(found)} checkpoints in {str(folder)!r} verifies (newest: {found[0].name}); "
+                        "restore a good one, or run with on_existing=overwrite to move the old run aside and start "
+                        "afresh")
+    return hit
+
+
 def prune(folder: Path, keep_last: int) -> None:
     """Keep the newest `keep_last` checkpoints (corrupt ones count too, and are removed last-in-line)."""
     for p in list_checkpoints(folder)[max(keep_last, 1):]:

@@ -134,8 +134,8 @@ def read_holder(path: Path) -> Holder:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, TypeError) as e:
-        raise PekdError(f"the lease {str(path)!r} cannot be read ({e}); once no process is using that run "
-                        "directory, delete that file (or on_existing=overwrite moves the old run aside)") from None
+        raise PekdError(f"the lease {str(path)!r} cannot be read ({e}); make sure no process is using that run "
+                        "directory, then delete that file (the next start takes a new lease)") from None
 
 
 def current_holder(run_dir: Path) -> Holder | None:
