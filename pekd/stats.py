@@ -222,19 +222,21 @@ def compare(a: Row, b: Row) -> dict[str, Any]:
             seeds.append(seed)
     out: dict[str, Any] = {"a": a.label, "b": b.label, "seeds": seeds, "unpaired": unpaired}
     for metric in METRICS:
-        pairs = [(x, y) for s in seeds if (x := runs_a[s].value(metric)) is not None
+        pairs = [(s, x, y) for s in seeds if (x := runs_a[s].value(metric)) is not None
                  and (y := runs_b[s].value(metric)) is not None]
-        out[metric] = paired([x for x, _ in pairs], [y for _, y in pairs])
+        out[metric] = paired([x for _, x, _ in pairs], [y for _, _, y in pairs])
+        out[metric]["diffs"] = [[s, x - y] for s, x, y in pairs]  # [seed, A - B]: what the plots show per seed
     head = out[VERDICT_METRIC]
     out.update(metric=VERDICT_METRIC, n=head["n"], mean_diff=head["mean_diff"], p_perm=head["p_perm"],
                p_ttest=head["p_ttest"], p_holm=None)
     return out
 
 
-def claims(rows: list[Row], specs: list[str] | None) -> list[tuple[Row, Row]]:
+def claims(rows: list[Row], specs: list[str] | None, skip_missing: bool = False) -> list[tuple[Row, Row]]:
     """The comparisons to make: the claims asked for ("A>B", labels as printed), else every comparable pair (one
     family, or a teacherless baseline) with A the row of the higher mean (the claim the data suggest; Holm
-    accounts for every pair tested)."""
+    accounts for every pair tested). skip_missing: a claim whose rows are not all here is left out (pekd.report
+    --along asks every claim at every value; claim_labels checks that each exists somewhere)."""
     by_label = {r.label: r for r in rows}
     if not specs:
         pairs = []
@@ -247,6 +249,8 @@ def claims(rows: list[Row], specs: list[str] | None) -> list[tuple[Row, Row]]:
     for spec in specs:
         splits = [(spec[:i].strip(), spec[i + 1:].strip()) for i, c in enumerate(spec) if c == ">"]
         known = [(x, y) for x, y in splits if x in by_label and y in by_label]
+        if not known and skip_missing:
+            continue
         if not known:
             raise PekdError(f"--compare {spec!r} is not 'A>B' of two row labels; the labels are: "
                             + "; ".join(repr(label) for label in by_label))
@@ -270,7 +274,12 @@ def comparisons(rows: list[Row], specs: list[str] | None, test: str = "perm") ->
     test="perm": the exact sign-flip test (no assumption on the differences' distribution, but with n seeds no p
     below 2/2^n); test="t": the paired t-test, the one the CI shown is built from (it assumes roughly normal
     differences). Where every difference is equal the t statistic is undefined and the sign-flip p stands in."""
-    made = [compare(a, b) for a, b in claims(rows, specs)]
+    return decide([compare(a, b) for a, b in claims(rows, specs)], test)
+
+
+def decide(made: list[dict[str, Any]], test: str = "perm") -> list[dict[str, Any]]:
+    """Holm across every comparison in `made` that has a p (pekd.report --along: across every value too), then a
+    verdict each."""
     tested = [c for c in made if c["p_perm"] is not None]
     chosen = [c[TESTS[test]] if c[TESTS[test]] is not None else c["p_perm"] for c in tested]
     for c, p in zip(tested, holm(chosen), strict=True):
@@ -286,9 +295,12 @@ def mechanism(rows: list[Row], keys: Sequence[str]) -> list[dict[str, Any]]:
     them; any may be missing or null); rows without any analysis.json are left out."""
     out = []
     for row in rows:
-        analysed = [r.analysis for r in row.completed() if r.analysis]
+        analysed = [r for r in row.completed() if r.analysis]
         if analysed:
-            cells = {k: summary([float(a[k]) for a in analysed if isinstance(a.get(k), int | float)
-                                 and math.isfinite(a[k])]) for k in keys}
+            cells = {}
+            for k in keys:
+                seeds = [[r.config.get("seed"), float(v)] for r in analysed
+                         if isinstance(v := r.analysis.get(k), int | float) and math.isfinite(v)]
+                cells[k] = {**summary([v for _, v in seeds]), "values": seeds}  # [seed, value]: the plots' points
             out.append({"label": row.label, "runs": len(analysed), **cells})
     return out
