@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import Config
 from pekd.errors import PekdError, user_errors_exit
+from pekd.launch_guard import drop_busy
 
 
 @dataclass
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> list[Any]:
     for d in sorted(done):
         print(f"already completed, not submitted: {d}")
     runs = [r for r in runs if r.run_dir not in done]
+    runs = drop_busy(runs, args.folder, queue=not args.local)  # leased, queued or running: never twice
     if not runs:
         print(f"nothing to submit; results: python -m pekd.report {tb_dir}")
         return []
