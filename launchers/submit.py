@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from pekd.config import Config
 from pekd.errors import PekdError, user_errors_exit
 from pekd.launch_guard import drop_busy
+from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, ScriptPreview, gres_gpus, site_parameters, slurm_minutes, time_limit
 
 
 @dataclass
@@ -56,12 +57,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--cpus-per-gpu", type=int, help="CPUs per task (per GPU; per task with --gpus 0)")
     ap.add_argument("--mem-per-gpu", type=float, help="memory in GB per GPU (per task with --gpus 0)")
     ap.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
-    ap.add_argument("--time", type=int, default=24 * 60, help="time limit per job in minutes; runs that "
-                    "need longer are requeued until done")
+    ap.add_argument("--time", type=time_limit, default=24 * 60, help="time limit per job: minutes (90), "
+                    "H:M:S (24:00:00) or D-H:M:S (1-00:00:00); runs that need longer are requeued until done")
     ap.add_argument("--account")
     ap.add_argument("--qos")
     ap.add_argument("--constraint")
     ap.add_argument("--exclude", help="nodes to avoid, e.g. node[01-03]")
+    ap.add_argument("--gres", help="generic resources per node, e.g. gpu:a100:8 (its GPU count must equal --gpus; "
+                    "it then replaces --gpus-per-node in the script)")
+    ap.add_argument("--setup", action="append", metavar="LINE", help="a shell line the job runs before training, "
+                    "e.g. \"module load cuda/12.4\" or \"source /shared/venv/bin/activate\" (repeatable, in order)")
+    ap.add_argument("--array-parallelism", type=int, default=DEFAULT_ARRAY_PARALLELISM,
+                    help="array tasks (sweep points) running at once (default %(default)s)")
+    ap.add_argument("--after", action="append", metavar="JOB", help="start after job JOB completed successfully "
+                    "(afterok; repeatable), e.g. the teacher's job id")
+    ap.add_argument("--dependency", help="a raw sbatch --dependency spec, e.g. afterany:1234 or singleton")
+    ap.add_argument("--sbatch", action="append", metavar="KEY[=VALUE]", help="any other sbatch option, without "
+                    "its dashes, e.g. --sbatch mail-type=END --sbatch reservation=big (repeatable)")
     ap.add_argument("--job-name", help="default: the config's name, else 'pekd'")
     ap.add_argument("--folder", type=Path, default=Path("runs"),
                     help="shared run root: run directories, submitit logs (submitit/), launch records")
@@ -71,7 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="time limits/preemptions a run may span (a 100-epoch ImageNet run spans many)")
     ap.add_argument("--max-failures", type=int, default=3,
                     help="crashes in a row without a new checkpoint before a job stops requeueing")
-    ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit")
+    ap.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, exit; "
+                    "off the cluster (no srun or controller) it previews the script and lists what it could not check")
     ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (no SLURM), "
                     "wait for the runs and print the report")
     ap.add_argument("--parallel", type=int, default=1, help="with --local: runs trained side by side (set "
@@ -80,13 +93,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="resubmit existing run directories with their own config.yaml (resources from here)")
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_intermixed_args(argv)
-    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node", "parallel"):
+    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node", "parallel", "array_parallelism"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.gpus < 0:
         ap.error("--gpus must be 0 or more")
     if args.local and args.nodes > 1:
         ap.error("--local runs on this machine: one node")
+    if args.local and (args.setup or args.gres or args.after or args.dependency or args.sbatch):
+        ap.error("--local runs on this machine: --setup, --gres, --after, --dependency and --sbatch are for SLURM")
     if args.resume and (args.overrides or args.multirun):
         ap.error("--resume takes run directories only: their config.yaml says what to train (no overrides, no -m)")
     return args
@@ -191,26 +206,10 @@ def check_partition(partition: str | None, minutes: int) -> None:
     if partition is not None and partition not in limits:
         raise PekdError(f"unknown partition {partition!r}; sinfo lists: {', '.join(sorted(limits)) or '(none)'}")
     target = partition or default
-    cap = limit_minutes(limits[target]) if target else None
+    cap = slurm_minutes(limits[target], f"partition {target}'s time limit") if target else None
     if cap is not None and minutes > cap:
         raise PekdError(f"--time {minutes} exceeds the {cap}-minute limit of partition {target!r}; ask for at "
                         "most that (runs are requeued across time limits anyway)")
-
-
-def limit_minutes(text: str) -> int | None:
-    """A SLURM time limit ('infinite', 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S') in whole minutes."""
-    if text.lower() in ("infinite", "unlimited", "n/a"):
-        return None
-    days, _, clock = text.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if days:
-        parts += [0] * (3 - len(parts))
-    elif len(parts) == 1:
-        parts = [0, parts[0], 0]
-    else:
-        parts = [0] * (3 - len(parts)) + parts
-    hours, mins, _secs = parts
-    return (int(days or 0) * 24 + hours) * 60 + mins
 
 
 def sweep_folder(root: Path, job_name: str, points: list[list[str]], swept: list[str]) -> Path:
@@ -262,7 +261,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     user_run_dir = any(o.split("=", 1)[0].lstrip("+") == "run_dir" for o in args.overrides)
     if user_run_dir and len(points) > 1:
         raise PekdError("run_dir= names one run; a sweep gets one run directory per point under --folder")
-    cfgs = [compose_config(point) for point in points]
+    cfgs = [compose_config(point, check_names=False) for point in points]
     job_name = args.job_name or run_name(cfgs[0])
     root = args.folder.resolve()
     base = sweep_folder(root, job_name, points, swept) if len(points) > 1 else default_run_dir(cfgs[0], root)
@@ -292,13 +291,18 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
 
     tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
     folder = args.folder.resolve() / "submitit" / "%j"
+    preview = args.dry_run and not args.local and shutil.which("srun") is None
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else "slurm",
-                                         slurm_max_num_timeout=args.max_requeues)
+        executor = ScriptPreview(folder, max_num_timeout=args.max_requeues) if preview else submitit.AutoExecutor(
+            folder=folder, cluster="local" if args.local else "slurm", slurm_max_num_timeout=args.max_requeues)
     except RuntimeError as e:  # no srun on PATH
-        raise PekdError(f"{e} (--local runs on this machine instead)") from None
+        raise PekdError(f"{e} (--local runs on this machine instead; --dry-run previews the script)") from None
     params: dict[str, Any] = {"timeout_min": args.time, "tasks_per_node": tasks_per_node, "name": job_name}
-    if args.gpus > 0:
+    gres_count = gres_gpus(args.gres) if args.gres else None
+    if gres_count is not None and gres_count != args.gpus:
+        raise PekdError(f"--gres {args.gres} asks for {gres_count} GPUs per node but --gpus is {args.gpus} (one task "
+                        "per GPU); make them equal")
+    if args.gpus > 0 and gres_count is None:
         params["gpus_per_node"] = args.gpus
     if args.cpus_per_gpu:
         params["cpus_per_task"] = args.cpus_per_gpu
@@ -309,11 +313,15 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
         optional = {"partition": args.partition, "account": args.account, "qos": args.qos,
                     "constraint": args.constraint, "exclude": args.exclude}
         params |= {f"slurm_{k}": v for k, v in optional.items() if v}
+        params |= site_parameters(args)
         if args.mem_per_gpu and args.gpus > 0:
             params["slurm_mem_per_gpu"] = f"{args.mem_per_gpu:g}G"
     if args.mem_per_gpu and (args.gpus == 0 or args.local):
         params["mem_gb"] = args.mem_per_gpu * tasks_per_node
-    executor.update_parameters(**params)
+    if preview:
+        executor.set(params)
+    else:
+        executor.update_parameters(**params)
     return executor
 
 
@@ -321,7 +329,7 @@ def sbatch_script(executor: Any, n_jobs: int) -> str:
     """The script submitit would hand to sbatch (through its renderer, so it is exactly that script)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    inner = executor._executor
+    inner = getattr(executor, "_executor", executor)  # an AutoExecutor's SlurmExecutor, or a ScriptPreview
     return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder,
                                map_count=n_jobs if n_jobs > 1 else None, **inner.parameters)
 
@@ -367,6 +375,43 @@ def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, ar
     return jobs
 
 
+def check_inputs(runs: list[PlannedRun], waits: bool) -> None:
+    """Every run's teacher, data, bank and .betons on this node, and its model names: one `error:` line per problem
+    and exit 2, nothing queued. A job that waits for another (--after) may name a teacher that job is to write."""
+    from pekd.preflight import inputs_problems
+
+    problems, notes = inputs_problems([r.cfg for r in runs], pending_teacher_ok=waits)
+    for note in notes:
+        print(f"note: {note}, but the job waits for its dependency, which must write it", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def controller_reachable() -> bool:
+    """Whether sinfo answers (a --dry-run off the cluster previews the script and says what it could not check)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def check_gpu_build(gpus: int) -> None:
+    """--gpus N > 0 needs a torch built with CUDA: tasks run this same Python, and a CPU-only build would sit on
+    the allocated GPUs and fail at start (pekd.engine.distributed's device check) after waiting in the queue."""
+    if gpus <= 0:
+        return
+    import torch
+
+    if torch.version.cuda is None:
+        raise PekdError(f"--gpus {gpus}, but this Python's torch {torch.__version__} is a CPU-only build; install "
+                        "the CUDA build that matches the nodes' NVIDIA driver (docs/install.md), or submit with "
+                        "--gpus 0 for CPU tasks")
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> list[Any]:
     """Returns the submitted submitit jobs (none for --dry-run), for callers that want to wait on them."""
@@ -374,12 +419,22 @@ def main(argv: list[str] | None = None) -> list[Any]:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    check_gpu_build(args.gpus)
     runs, tb_dir, job_name = plan_runs(args)
+    check_inputs(runs, waits=bool(args.after or args.dependency))
     check_folder(args.folder)
-    if not args.local:
+    unchecked = []
+    if not args.local and args.dry_run and not controller_reachable():
+        unchecked.append(f"partition {args.partition or '(default)'} and its time limit: no SLURM controller "
+                         "answers sinfo here")
+    elif not args.local:
         check_partition(args.partition, args.time)
+    if args.after and args.dry_run:
+        unchecked.append(f"that job(s) {', '.join(args.after)} exist: sbatch checks the dependency at submission")
     executor = make_executor(args, job_name)
     if args.dry_run:
+        for line in unchecked:
+            print(f"# not checked: {line}")
         for r in runs:
             print(f"# run {r.run_dir}: {' '.join(r.overrides)}")
         if not args.local:

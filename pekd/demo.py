@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -72,7 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--student-epochs", type=int, default=24)
     ap.add_argument("--val-subset", type=int, default=0, help="test images (0: the full test set, 10,000)")
     ap.add_argument("--processes", type=int, default=2, help="student runs trained side by side, one thread each")
+    ap.add_argument("--data-root", type=Path, help="Fashion-MNIST's idx files or a torchvision download root (sets "
+                    "PEKD_FASHION_MNIST; default: that variable, else /usr/share/datasets/fashion-mnist)")
     args = ap.parse_args(argv)
+    if args.data_root:  # through the environment, so configs/data/fashion_mnist.yaml and the workers see it
+        os.environ["PEKD_FASHION_MNIST"] = str(args.data_root.resolve())
     if args.seeds < 2:
         ap.error("--seeds must be at least 2: a paired comparison needs several seeds")
     return args

@@ -25,7 +25,7 @@ CONFIG_DIR = Path(os.environ.get("PEKD_CONFIG_DIR", Path(__file__).resolve().par
 log = logging.getLogger("pekd")
 
 
-def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
+def compose_config(overrides: list[str], config_dir: str | Path | None = None, check_names: bool = True) -> DictConfig:
     """Hydra compose of configs/config.yaml; unknown keys, names and bad values become one PekdError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -63,7 +63,8 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None) -
         msg = " ".join(f"{e}{cause}".split())
         raise PekdError(f"bad config: {msg}; see `python -m pekd.train --help` and `--cfg job` for the valid "
                         "groups and keys") from None
-    check_model_names(cfg)
+    if check_names:  # launchers/submit.py checks them with the run's files, to list every problem at once
+        check_model_names(cfg)
     validate(cfg)
     if not cfg.run_dir:
         from pekd.engine.rundir import default_run_dir

@@ -19,6 +19,9 @@ import numpy as np
 from pekd.errors import PekdError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "PEKD_FASHION_MNIST"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
 
 # Per-channel mean/std in [0, 255] units; normalisation happens on the device, after uint8 transfer.
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -156,12 +159,33 @@ def image_folder(root: str, split: str) -> Source:
                   root=str(base), classes=classes)
 
 
+def fashion_mnist_dir(root: str) -> Path:
+    """The folder holding the four idx files: data.root, else $PEKD_FASHION_MNIST, else Debian's package folder.
+
+    Each may be the files' own folder or a torchvision download root (<root>/FashionMNIST/raw, or <root>/raw),
+    where the files lie gzipped and unpacked side by side; either form is read, so no root is needed to install
+    the data (torchvision's FashionMNIST(root, download=True) on a machine with network, then copy the folder)."""
+    import os
+
+    base = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEBIAN)
+    for folder in (base, base / "FashionMNIST" / "raw", base / "raw"):
+        if all((folder / f"{n}.gz").is_file() or (folder / n).is_file() for n in FASHION_MNIST_FILES):
+            return folder
+    raise PekdError(f"no Fashion-MNIST idx files in {str(base)!r} (nor in its FashionMNIST/raw or raw folder); "
+                    f"install Debian's dataset-fashion-mnist, or point data.root (or {FASHION_MNIST_ENV}, or "
+                    "`pekd.demo --data-root`) at a folder with the four idx files, gzipped or not, e.g. torchvision's "
+                    "download root")
+
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    if not path.is_file() and path.with_suffix("").is_file():
+        path = path.with_suffix("")  # torchvision's raw folder also holds the unpacked files
     if not path.is_file():
         raise PekdError(f"Fashion-MNIST file {str(path)!r} not found; install Debian's dataset-fashion-mnist "
                         f"(apt-get install dataset-fashion-mnist) or point data.root at the four idx .gz files")
     try:
-        raw = gzip.decompress(path.read_bytes())
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError) as e:
         raise PekdError(f"Fashion-MNIST file {str(path)!r} is not valid gzip ({e}); reinstall the package") from None
     magic = int.from_bytes(raw[:4], "big")
@@ -176,7 +200,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def fashion_mnist(root: str, split: str) -> Source:
     """Fashion-MNIST from the idx .gz files that Debian's dataset-fashion-mnist installs."""
-    base = Path(root or FASHION_MNIST_DEBIAN)
+    base = fashion_mnist_dir(root)
     prefix = "train" if split == "train" else "t10k"
     images = _read_idx(base / f"{prefix}-images-idx3-ubyte.gz", 3)[..., None]
     labels = _read_idx(base / f"{prefix}-labels-idx1-ubyte.gz", 1).astype(np.int64)
