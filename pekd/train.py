@@ -8,7 +8,6 @@ A user error prints one line and exits with status 2; a preempted run exits with
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,17 +15,18 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import register, validate
+from pekd.config_dirs import CONFIG_DIR, CONFIG_DIR_ENV, CONFIG_PATH_ENV, searchpath_override
 from pekd.errors import PekdError, user_errors_exit
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `--help` answers before the heavy imports
     import torch
 
-CONFIG_DIR = Path(os.environ.get("PEKD_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 log = logging.getLogger("pekd")
 
 
 def compose_config(overrides: list[str], config_dir: str | Path | None = None, check_names: bool = True) -> DictConfig:
-    """Hydra compose of configs/config.yaml; unknown keys, names and bad values become one PekdError."""
+    """Hydra compose of configs/config.yaml (and the user's PEKD_CONFIG_PATH folders); unknown keys, names and bad
+    values become one PekdError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -39,23 +39,26 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None, c
     register()
     folder = Path(config_dir or CONFIG_DIR).resolve()
     if not (folder / "config.yaml").is_file():
-        raise PekdError(f"no config.yaml in {str(folder)!r}; set PEKD_CONFIG_DIR to pekd's configs/ folder")
-    try:  # the user's overrides: no hydra.*, no sweeps
+        raise PekdError(f"no config.yaml in {str(folder)!r}; set {CONFIG_DIR_ENV} to pekd's configs/ folder (or "
+                        "unset it to use the configs installed with pekd)")
+    try:  # the user's overrides: no hydra.* (pekd's own search path is added below), no sweeps
         for o in OverridesParser.create().parse_overrides(list(overrides)):
             check_override(o)
     except HydraException as e:
         raise PekdError(f"bad override: {' '.join(str(e).split())}") from None
+    overrides = searchpath_override() + list(overrides)
     try:
         with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
             # config.yaml lists `optional experiment`: Hydra silently skips a name it cannot find, so a typo
             # would train the default recipe instead of the one asked for
-            recipes = GlobalHydra.instance().config_loader().get_group_options("experiment")
-            for o in OverridesParser.create().parse_overrides(list(overrides)):
+            recipes = GlobalHydra.instance().config_loader().get_group_options("experiment", config_name="config",
+                                                                               overrides=overrides)
+            for o in OverridesParser.create().parse_overrides(overrides):
                 name = o.value()
                 if o.key_or_group == "experiment" and isinstance(name, str) and name not in recipes:
-                    raise PekdError(f"experiment={name!r}: no such recipe in configs/experiment/; choose one of "
-                                    f"{recipes}")
-            cfg = compose("config", overrides=list(overrides))
+                    raise PekdError(f"experiment={name!r}: no such recipe in configs/experiment/ or the "
+                                    f"experiment/ folder of a {CONFIG_PATH_ENV} entry; choose one of {recipes}")
+            cfg = compose("config", overrides=overrides)
         check_schema_keys(cfg, Config)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -77,13 +80,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one run described by cfg; returns results (status 'completed', 'preempted' or 'stopped')."""
     import torch
 
+    from pekd.data.extras import require
     from pekd.data.order import Plan
     from pekd.data.pipelines import build_eval_loader, build_train_loader
     from pekd.data.sources import run_sources
     from pekd.engine import checkpoint as ckpt
     from pekd.engine import determinism
-    from pekd.engine.distributed import broadcast_object, init_distributed
+    from pekd.engine.devices import describe
+    from pekd.engine.distributed import backend, broadcast_object, init_distributed
     from pekd.engine.logs import setup_logging
+    from pekd.engine.precision import NAMES, amp_dtype
     from pekd.engine.rundir import prepare
     from pekd.engine.trainer import Trainer
     from pekd.methods import TrainModule, build_method
@@ -91,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.teacher.fingerprint import check_teacher_unchanged
 
     validate(cfg)
+    require(cfg.data.pipeline)  # a missing FFCV/DALI extra is one error before any work, not a traceback later
     env = init_distributed(cfg.trainer.dist_timeout_s)
     run_dir = Path(str(broadcast_object(str(cfg.run_dir)))).resolve()
     cfg = cfg.copy()
@@ -127,9 +134,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise PekdError(str(problem))
     try:
         setup_logging(run_dir, env.rank)
-        log.info("run %s: %s -> %s with %s, world %d (%d accumulation steps of %d per process)", run_dir,
-                 cfg.teacher.name if teacher is not None else "-", cfg.model.name, cfg.method.name, env.world,
-                 plan.accum, plan.micro)
+        log.info("run %s: %s -> %s with %s on %s, backend %s, amp %s, world %d (%d accumulation steps of %d per "
+                 "process)", run_dir, cfg.teacher.name if teacher is not None else "-", cfg.model.name,
+                 cfg.method.name, describe(env.device), backend(), NAMES[amp_dtype(cfg.trainer.amp, env.device)],
+                 env.world, plan.accum, plan.micro)
 
         same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
         bank_views = cfg.bank.views if same_views else 0
@@ -193,9 +201,10 @@ def main(argv: list[str] | None = None) -> None:
 
     command = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     if command.help:
+        from pekd.config_dirs import user_config_dirs
         from pekd.train_help import help_text
 
-        print(help_text([CONFIG_DIR]))
+        print(help_text([Path(CONFIG_DIR), *user_config_dirs()]))
         return
     cfg = compose_config(command.overrides)
     if command.show:

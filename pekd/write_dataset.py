@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pekd.data.ffcv_pipeline import FIELDS, manifest, sidecar
+from pekd.data.extras import require
 from pekd.data.sources import Source, build_source
 from pekd.errors import PekdError, user_errors_exit
 
@@ -92,8 +92,11 @@ def why(source: Source, i: int) -> str:
 def write_beton(source: Source, out: str | Path, *, max_resolution: int = 0, write_mode: str = "raw",
                 jpeg_quality: int = 90, compress_probability: float = 0.5, workers: int = 0) -> Path:
     """Write `source` to `out` (and `out`.json) atomically; return the path. max_resolution 0 = keep sizes."""
+    require("ffcv")  # an extra: without it, one line naming `pip install 'pekd[ffcv]'`
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
+
+    from pekd.data.ffcv_pipeline import FIELDS, manifest, sidecar
 
     out = Path(out)
     if write_mode not in ("raw", "jpg", "proportion", "smart"):
@@ -144,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compress-probability", type=float, default=0.5, help="JPEG share for proportion mode")
     p.add_argument("--workers", type=int, default=0, help="writer processes (0 = all cores)")
     a = p.parse_args(argv)
+    require("ffcv")  # before reading a whole source
+    from pekd.data.ffcv_pipeline import sidecar
+
     source = build_source(a.source, a.root, a.split)
     files = source.paths is not None
     out = write_beton(source, a.out, max_resolution=a.max_resolution if a.max_resolution is not None

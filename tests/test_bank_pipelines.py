@@ -27,6 +27,9 @@ from tests.train_helpers import final_model
 
 # numba's dispatcher finaliser raises KeyError when FFCV's per-loader jitted closures are collected; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# every backend side by side (the data fixture writes .betons): both extras are needed
+pytest.importorskip("ffcv", reason="the ffcv extra is not installed (pip install 'pekd[ffcv]')")
+pytest.importorskip("nvidia.dali", reason="the DALI extra is not installed (pip install 'pekd[dali-cu13]')")
 
 PIPELINES = ("torch", "ffcv", "dali")
 

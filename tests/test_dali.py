@@ -14,6 +14,9 @@ from pekd.data.sources import build_source
 from pekd.errors import PekdError
 from tests.data_factory import break_huffman_table, corrupt_jpeg, make_cifar_folder, make_image_folder
 
+pytest.importorskip("nvidia.dali", reason="the DALI extra is not installed (pip install 'pekd[dali-cu13]' or "
+                    "'pekd[dali-cu12]')")
+
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:

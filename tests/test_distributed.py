@@ -42,6 +42,9 @@ def test_two_process_ddp_matches_one_process(random_teacher, tmp_path):
     results = train(pefd(random_teacher, tmp_path / "two", *common), world=2)
     assert rc1 == 0, err1
     assert all(rc == 0 for rc, _ in results), results
+    for run, names in (("one", "on cpu, backend none, amp off, world 1 "),
+                       ("two", "on cpu, backend gloo, amp off, world 2 ")):
+        assert names in (tmp_path / run / "logs" / "rank0.log").read_text().splitlines()[0]  # the start line
     one, two = parameters_only(final_model(tmp_path / "one")), parameters_only(final_model(tmp_path / "two"))
     assert one.keys() == two.keys() and any("projector" in k for k in one)
     for k in one:

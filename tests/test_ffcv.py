@@ -16,6 +16,8 @@ from pekd.errors import PekdError
 from pekd.write_dataset import main, write_beton
 from tests.data_factory import corrupt_jpeg, make_cifar_folder, make_image_folder
 
+pytest.importorskip("ffcv", reason="the ffcv extra is not installed (pip install 'pekd[ffcv]')")
+
 # numba's dispatcher finaliser raises KeyError when FFCV's per-loader jitted closures are collected; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

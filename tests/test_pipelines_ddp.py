@@ -14,6 +14,9 @@ from tests.test_distributed import parameters_only
 from tests.train_helpers import final_model, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+# every backend side by side (the data fixture writes .betons): both extras are needed
+pytest.importorskip("ffcv", reason="the ffcv extra is not installed (pip install 'pekd[ffcv]')")
+pytest.importorskip("nvidia.dali", reason="the DALI extra is not installed (pip install 'pekd[dali-cu13]')")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 
 from pekd.config import DataConfig
 from pekd.data.batch import Batch
+from pekd.data.extras import require
 from pekd.data.order import Plan
 from pekd.data.sources import Source
 from pekd.data.views import EvalRecipe, TrainRecipe
@@ -42,6 +43,7 @@ class Passes(Protocol):
 def _check_pipeline(cfg: DataConfig) -> None:
     if cfg.pipeline not in PIPELINES:
         raise PekdError(f"data.pipeline={cfg.pipeline!r} is not one of {list(PIPELINES)}")
+    require(cfg.pipeline)
 
 
 def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int, seed: int,

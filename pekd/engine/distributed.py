@@ -1,6 +1,7 @@
 """Process-group set-up from whichever environment the process is in: torchrun, SLURM (submitit), or alone.
 
-One device per process; the backend is nccl on CUDA and gloo on CPU. Ranks are always *global* ranks: data is
+One device per process; the backend is nccl on CUDA and gloo on CPU (never CPUs when GPUs were allocated but
+torch cannot use them: pekd.engine.devices). Ranks are always *global* ranks: data is
 sharded by them (sharding by local rank silently repeats data on every node).
 
 Nothing waits without bound. torch's env:// rendezvous retries its connection to MASTER_ADDR:MASTER_PORT for the
@@ -24,6 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pekd.engine.devices import check_cuda_usable
 from pekd.errors import PekdError
 
 RENDEZVOUS_TIMEOUT_ENV = "PEKD_RENDEZVOUS_TIMEOUT"
@@ -124,6 +126,7 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
+        check_cuda_usable()  # GPUs allocated but unusable: one error, not a silent CPU run
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
@@ -135,6 +138,11 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
                                 timeout=timedelta(seconds=timeout_s),
                                 device_id=device if backend == "nccl" else None)
     return DistEnv(rank, world, local_rank, device)
+
+
+def backend() -> str:
+    """The process group's backend, or 'none' for a single process (for the start line)."""
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "none"
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
