@@ -1,5 +1,5 @@
 # The two commands a new user needs; each does whatever set-up is still missing first.
-.PHONY: demo test setup lint bench wheel
+.PHONY: demo test setup lint bench wheel soak
 
 setup:
 	@bash scripts/setup.sh
@@ -18,3 +18,8 @@ lint: setup
 wheel: setup
 	.venv/bin/pip wheel -q --no-deps --no-build-isolation -w dist .
 	rm -rf build
+
+# The chaos soak: one run through 50 random interruptions (USR2, TERM, SIGKILL, SIGKILL mid-checkpoint), then its
+# figures (interruptions survived, steps recomputed, time lost); tens of minutes on a small machine.
+soak: setup
+	.venv/bin/python -m bench.soak --n 50
