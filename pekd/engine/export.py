@@ -6,6 +6,7 @@ suffix every earlier run directory and command line uses; the content is safeten
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -22,7 +23,15 @@ def export_metadata(model: nn.Module, mean: tuple[float, ...], std: tuple[float,
     and std per input channel."""
     return {"format": EXPORT_FORMAT, "arch": str(model.arch), "num_classes": str(model.num_classes),
             "in_chans": str(len(mean)), "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
-            "pekd_version": pekd.__version__}
+            "pekd_version": pekd.__version__, "pekd_git": _revision()}
+
+
+@functools.cache
+def _revision() -> str:
+    """The git revision, once per process (an export is written every epoch)."""
+    from pekd.engine.rundir import git_revision
+
+    return git_revision()
 
 
 def export_student(model: nn.Module, path: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

@@ -132,8 +132,6 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
                 existing = False
             for sub in ("checkpoints", "tb", "logs"):
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
-            for debris in (run_dir / "checkpoints").glob(".*.tmp-*"):  # a killed writer's; this process owns the run
-                debris.unlink(missing_ok=True)
             atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode(), lambda: lease.check("config.yaml"))
             write_json(run_dir / "meta.json", describe_environment(), lambda: lease.check("meta.json"))
         except BaseException:
@@ -189,7 +187,9 @@ def _check_usable(run_dir: Path) -> None:
                         "in a folder you can write to")
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
+    """The commit pekd runs from ('<sha>+dirty' with uncommitted changes; 'unknown' outside a checkout): the
+    version number alone cannot say which code made a run, an export or a bank."""
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -206,7 +206,7 @@ def describe_environment() -> dict[str, Any]:
 
     import pekd
 
-    return {"pekd": pekd.__version__, "git": _git_revision(), "python": platform.python_version(),
+    return {"pekd": pekd.__version__, "git": git_revision(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "host": socket.gethostname(),
             "argv": sys.argv, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

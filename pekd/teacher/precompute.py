@@ -29,6 +29,7 @@ from pekd.data.sources import Source, run_sources
 from pekd.engine import determinism
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
+from pekd.engine.rundir import git_revision
 from pekd.errors import PekdError
 from pekd.teacher import bank
 
@@ -213,7 +214,7 @@ def seal(folder: Path, spec: dict[str, Any], top1: float, val: dict[str, object]
     manifest["teacher"] = {**spec["teacher"], "top1": round(top1, 4)}
     manifest["eval"] = val
     manifest["build"] = {"ranks": world, "images_per_s_rank0": rate, "torch": torch.__version__,
-                         "sealed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                         "pekd_git": git_revision(), "sealed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_bytes(folder / bank.MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     (folder / bank.BUILDING).unlink()
 
