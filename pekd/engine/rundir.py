@@ -132,6 +132,8 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
                 existing = False
             for sub in ("checkpoints", "tb", "logs"):
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
+            for debris in (run_dir / "checkpoints").glob(".*.tmp-*"):  # a killed writer's; this process owns the run
+                debris.unlink(missing_ok=True)
             atomic_write_bytes(cfg_file, OmegaConf.to_yaml(new).encode(), lambda: lease.check("config.yaml"))
             write_json(run_dir / "meta.json", describe_environment(), lambda: lease.check("meta.json"))
         except BaseException:
