@@ -35,6 +35,15 @@ def _one_evaluation(rows: list[Row]) -> bool:
     return all(r.value("best_top1") == r.value("last_top1") for row in rows for r in row.completed())
 
 
+def axis_range(rows: list[Row], compared: set[str], metric: str) -> tuple[float, float]:
+    """The accuracy axis: the compared rows' seeds and CIs with a margin; other rows (a teacher) do not count."""
+    seen = [v for r in rows if r.label in compared
+            for v in [*r.values(metric), *(stats.summary(r.values(metric))["ci"] or [])]]
+    lo, hi = (min(seen), max(seen)) if seen else (0.0, 100.0)
+    margin = max(0.1 * (hi - lo), 0.5)
+    return lo - margin, hi + margin
+
+
 def plot(point: Point, path: Path) -> None:
     import numpy as np
 
@@ -48,11 +57,7 @@ def plot(point: Point, path: Path) -> None:
     fig, axes = plt.subplots(1, panels, squeeze=False, figsize=(label_inches + 4.5 * panels, height))
     jitter = np.random.default_rng(0)  # the same picture for the same runs
     for ax, metric in zip(axes[0], metrics, strict=False):
-        students = [v for r in rows if r.label in compared for v in [*r.values(metric),
-                    *(stats.summary(r.values(metric))["ci"] or [])]]
-        lo, hi = (min(students), max(students)) if students else (0.0, 100.0)
-        margin = max(0.1 * (hi - lo), 0.5)
-        lo, hi = lo - margin, hi + margin
+        lo, hi = axis_range(rows, compared, metric)
         for y, row in enumerate(rows):
             values = row.values(metric)
             s = stats.summary(values)

@@ -29,7 +29,7 @@ def test_the_demo_tests_both_claims_paired_by_seed(tmp_path: Path) -> None:
         assert [r["seed"] for r in rows[label]["runs"]] == [7, 8]
     claims = {(c["a"], c["b"]): c for c in report["comparisons"]}
     assert set(claims) == {("PEFD q=1", "FD no projector"), ("PEFD q=3", "PEFD q=1")}
-    assert all(c["n"] == 2 and c["p_holm"] is not None and c["test"] == "t" for c in claims.values())
+    assert all(c["n"] == 2 and c["p_holm"] is not None and c["test"] == "perm" for c in claims.values())
     eval_sets = set()
     for run_dir in out.glob("*/seed*"):
         results = json.loads((run_dir / "results.json").read_text())
@@ -37,8 +37,11 @@ def test_the_demo_tests_both_claims_paired_by_seed(tmp_path: Path) -> None:
         eval_sets.add(json.dumps(results["eval_set"], sort_keys=True))
         assert results["eval_set"]["n"] == 1000 and analysis["n_test"] == 1000
         assert analysis["student_cka"] is not None and analysis["train_test_gap"] is not None
+        assert analysis["test_pass"] == "final evaluation"  # no second pass over the test set
         assert len(results["history"]) == 2 and sum("top1" in h for h in results["history"]) == 1  # one eval
     assert len(eval_sets) == 1 and len(list(out.glob("*/seed*"))) == 10
     for title in ("claim 1: a projector helps when d_s = d_t", "claim 2: an ensemble of projectors helps more"):
         assert title in done.stdout
     assert "## Mechanism" in done.stdout and (out / "report.png").stat().st_size > 0
+    assert "10 runs from their final evaluation" in done.stdout and "second pass" not in done.stdout
+    assert "budget: 128 images x 2 epochs = 4 optimizer steps per student" in done.stdout

@@ -144,3 +144,26 @@ def test_plain_report_csv_has_no_along_columns_and_unknown_keys_are_one_error(
 
 def test_log_axis_where_the_values_span_a_decade() -> None:
     assert is_log([500, 2000, 8000]) and is_log([1, 10]) and not is_log([5, 25]) and not is_log([0, 100])
+
+
+def test_plot_keeps_the_teacher_off_the_students_axis_and_one_panel_for_one_evaluation(tmp_path: Path) -> None:
+    from pekd.report import find_runs
+    from pekd.report_along import points
+    from pekd.report_plot import _one_evaluation, axis_range
+
+    _study(tmp_path)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    cfg = OmegaConf.create(_config("ce", 0))
+    cfg.model.name, cfg.name = "resnet20", "teacher"
+    (teacher / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (teacher / "results.json").write_text(json.dumps({"status": "completed", "best_top1": 95.0, "last_top1": 94.0,
+                                                      "eval_set": EVAL_SET}))
+    (point,) = points([r for r in find_runs(tmp_path) if "n1000" not in r.path.name], [], None, "perm")
+    compared = {label for c in point.comparisons for label in (c["a"], c["b"])}
+    assert compared == {"method=fd", "method=pefd"}  # the teacher is another model: compared with nothing
+    lo, hi = axis_range(point.rows, compared, "best_top1")
+    assert lo < min(FD[100]) - 1 < hi < 63  # the students' range, not stretched to the teacher's 95
+    assert not _one_evaluation(point.rows)  # the teacher's best and last differ: two panels
+    students = [r for r in point.rows if r.label in compared]
+    assert _one_evaluation(students)  # every student evaluated once: best = last, one panel
