@@ -10,8 +10,8 @@ the train/test gap, CKA, calibration, dead projector units and alignment do on t
 3. resnet8 students (64-d features, like the teacher's: FD without a projector is possible) with CE, FD without a
    projector, PEFD q=1 and PEFD q=3 (optionally Hinton KD and KD with the official code's logit projector) at
    each budget, several paired training seeds, every run evaluated once at its end on all 10,000 test images;
-4. `pekd.analyze` on every student, then `pekd.report --along data.subset`: each claim's paired difference with
-   its CI at every budget, Holm across everything shown.
+4. every student's mechanism diagnostics from its final evaluation's pass, then `pekd.report --along
+   data.subset`: each claim's paired difference with its CI at every budget, Holm across everything shown.
 
 A budget is a training subset drawn from the full training set (one data split, so every seed and method of a
 budget sees the same images) trained for the same number of epochs: data.subset=500 at 24 epochs is the demo's
@@ -116,7 +116,7 @@ def student_overrides(args: argparse.Namespace, method: str, subset: int, seed: 
             "bank.views=2", "bank.dtype=float32", *method_overrides, f"seed={seed}", f"data.subset={subset}",
             "data.batch_size=64", f"trainer.epochs={e}", "trainer.lr=0.05",
             f"trainer.milestones=[{','.join(map(str, milestones(e)))}]", f"trainer.eval_every_epochs={e}",
-            "trainer.threads=1", "trainer.log_every_steps=200",
+            "trainer.threads=1", "trainer.log_every_steps=200", "trainer.analyze=true",
             f"run_dir={args.out.resolve() / f'subset{subset}' / method / f'seed{seed}'}", f"name='{name}'"]
 
 
@@ -153,6 +153,8 @@ def train(overrides: list[str]) -> dict[str, Any]:
 
 
 def train_and_analyze(overrides: list[str]) -> dict[str, Any]:
+    """Train (trainer.analyze=true writes analysis.json from the final evaluation's own pass); a second pass only
+    for a run finished without one."""
     from pekd.analyze import main as analyze
 
     run_dir = run_dir_of(overrides)
