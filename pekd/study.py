@@ -42,11 +42,14 @@ from pekd.errors import PekdError, user_errors_exit
 METHODS: dict[str, tuple[str, list[str]]] = {
     "ce": ("CE", ["method=ce", "teacher.mode=none"]),
     "kd": ("KD T=4", ["method=kd", "teacher.mode=online", "bank.online_same_views=true"]),
+    "kd_proj": ("KD T=4 + logit projector", ["method=kd", "method.logit_projector=true", "teacher.mode=online",
+                                             "bank.online_same_views=true"]),
     "fd": ("FD no projector", ["method=fd", "teacher.mode=bank"]),
     "pefd_q1": ("PEFD q=1", ["method=pefd", "method.q=1", "teacher.mode=bank"]),
     "pefd_q3": ("PEFD q=3", ["method=pefd", "method.q=3", "teacher.mode=bank"]),
 }
-CLAIMS = ["PEFD q=1>FD no projector", "PEFD q=3>PEFD q=1", "PEFD q=1>CE"]
+# the paper's two claims, the extended paper's third (a projector helps logit distillation), and PEFD against CE
+CLAIMS = ["PEFD q=1>FD no projector", "PEFD q=3>PEFD q=1", "KD T=4 + logit projector>KD T=4", "PEFD q=1>CE"]
 TEACHER = "resnet20"
 STUDENT = "resnet8"
 
