@@ -7,6 +7,7 @@ the one read-back (an all-reduce of every sum at once) happens at a log step.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from pekd.engine.distributed import all_reduce_sum
+from pekd.engine.metrics_csv import MetricsCSV
 from pekd.engine.progress import Progress
 
 log = logging.getLogger("pekd")
@@ -81,6 +83,7 @@ class Metrics:
         # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
         purge = resumed_step + 1 if resumed_step else None
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge) if is_main else None
+        self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step) if is_main else None
 
     def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float) -> None:
         log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s", p.epoch,
@@ -94,16 +97,26 @@ class Metrics:
         if self.writer is not None:
             for tag, v in values.items():
                 self.writer.add_scalar(tag, v, step)
+        if self.csv is not None:
+            self.csv.add(step, values)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.csv is not None:
+            self.csv.close()
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    """A tqdm bar over an epoch's steps on rank 0's console, or None."""
-    if not enabled:
+    """A tqdm bar over an epoch's steps on rank 0's console when that is a terminal, or None.
+
+    Its carriage-return frames go to the console only, never into logs/rank<r>.out (which tees the console), and
+    off a terminal (SLURM's .err, a pipe) there is no bar: the log lines every trainer.log_every_steps say it."""
+    from pekd.engine.logs import Tee
+
+    console = sys.stderr.console if isinstance(sys.stderr, Tee) else sys.stderr
+    if not enabled or console is None or not console.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=console)
