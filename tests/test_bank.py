@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ from pekd.teacher.bank import BankTeacher
 from pekd.teacher.online import OnlineTeacher
 from pekd.teacher.precompute import dry_run, precompute
 from pekd.train import compose_config, run
-from tests.train_helpers import REPO, TINY, env_for, final_model, free_port
+from tests.train_helpers import TINY, Child, env_for, final_model, free_port, spawn, until, wait
 
 # Two distinct pad-crop + flip views per sample, 23 chunks. CPU inference needs no deterministic mode, and leaving
 # it off spares each new process the import of torch's compiler stack.
@@ -120,27 +117,21 @@ def bank_equal(a: Path, b: Path) -> None:
     assert {k: v for k, v in ma.items() if k != "build"} == {k: v for k, v in mb.items() if k != "build"}
 
 
-def start_precompute(overrides: list[str], world: int, log: Path) -> list[subprocess.Popen]:
-    """`world` rank processes of `python -m pekd.precompute overrides`; rank r's stderr goes to log.r.txt."""
-    port, procs = free_port(), []
-    for r in range(world):
-        with open(log.with_suffix(f".{r}.txt"), "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-m", "pekd.precompute", *overrides],
-                                          env=env_for(r, world, port), stdout=subprocess.DEVNULL, stderr=err,
-                                          cwd=REPO))
-    return procs
+def start_precompute(overrides: list[str], world: int) -> list[Child]:
+    """`world` rank processes of `python -m pekd.precompute overrides`."""
+    port = free_port()
+    return [spawn(["-m", "pekd.precompute", *overrides], env_for(r, world, port)) for r in range(world)]
 
 
 def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, cifar_bank, tmp_path):
     folder = tmp_path / "bank"
     overrides = with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}")
-    [proc] = start_precompute(overrides, 1, tmp_path / "killed")
-    while proc.poll() is None and len(list(folder.glob("chunks/*.json"))) < 3:
-        time.sleep(0.01)
+    [proc] = start_precompute(overrides, 1)
+    until(lambda: len(list(folder.glob("chunks/*.json"))) >= 3, "3 chunks finished", procs=[proc], interval=0.01)
     proc.kill()
     proc.wait()
     done = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunks/*.json")}
-    assert proc.returncode == -9 and 3 <= len(done) < 23, (tmp_path / "killed.0.txt").read_text()
+    assert proc.returncode == -9 and 3 <= len(done) < 23, proc.output()[1][-3000:]
     assert not (folder / "manifest.json").exists()
     cfg = compose_config(overrides + ["teacher.mode=bank"])
     with pytest.raises(PekdError, match=f"incomplete .* {len(done)} chunks finished.*re-run"):
@@ -155,9 +146,9 @@ def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, 
 
 def test_two_ranks_write_the_same_bank_as_one(teacher, cifar_bank, tmp_path):
     folder = tmp_path / "bank"
-    procs = start_precompute(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}"), 2, tmp_path / "ranks")
-    for r, p in enumerate(procs):
-        assert p.wait(timeout=300) == 0, (tmp_path / f"ranks.{r}.txt").read_text()
+    procs = start_precompute(with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}"), 2)
+    for rc, err in wait(procs, timeout=300):
+        assert rc == 0, err[-3000:]
     bank_equal(folder, cifar_bank)
     ranks = {json.loads(p.read_text())["rank"] for p in folder.glob("chunks/*.json")}
     assert ranks == {0, 1}

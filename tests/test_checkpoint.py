@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -12,6 +10,7 @@ import torch
 
 from pekd.engine import checkpoint as ckpt
 from pekd.errors import PekdError
+from tests.train_helpers import spawn, until
 
 
 def test_round_trip_and_newest_valid(tmp_path):
@@ -62,11 +61,10 @@ def test_kill_9_during_writes_never_loses_the_previous_checkpoint(tmp_path):
             ckpt.prune(folder, 2)
     """)
     for delay in (0.05, 0.2, 0.35, 0.5, 0.7):
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        deadline = time.time() + 60
         before = len(ckpt.list_checkpoints(tmp_path))
-        while len(ckpt.list_checkpoints(tmp_path)) <= before and time.time() < deadline:
-            time.sleep(0.02)  # wait for the writer to finish at least one new checkpoint
+        proc = spawn(["-c", script], dict(os.environ))  # killed by tests/conftest.py if this test fails meanwhile
+        until(lambda n=before: len(ckpt.list_checkpoints(tmp_path)) > n, "the writer finished a new checkpoint",
+              timeout=120, procs=[proc], interval=0.02)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -3,8 +3,8 @@
 import os
 import random
 import signal
-import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pekd.models import build_model
-from tests.train_helpers import TINY, final_model, start, train, wait
+from tests.train_helpers import TINY, Child, final_model, start, train, until, wait
 
 pytestmark = pytest.mark.slow
 
@@ -54,23 +54,22 @@ def test_two_process_ddp_matches_one_process(random_teacher, tmp_path):
     assert not torch.equal(moved, build_model("resnet8", 10, 1).fc.weight), "training changed the weights"
 
 
-def wait_for_step(run_dir: Path, step: int, timeout: float = 300) -> None:
+def logged_step(run_dir: Path) -> int:
+    """The newest global step in rank 0's log (0 before its first step line)."""
     log = run_dir / "logs" / "rank0.log"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if log.exists():
-            for line in reversed(log.read_text().splitlines()):
-                if "(global " in line:
-                    if int(line.split("(global ")[1].split(")")[0]) >= step:
-                        return
-                    break
-        time.sleep(0.05)
-    raise AssertionError(f"run never reached global step {step}")
+    for line in reversed(log.read_text().splitlines() if log.exists() else []):
+        if "(global " in line:
+            return int(line.split("(global ")[1].split(")")[0])
+    return 0
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 300, procs: Sequence[Child] = ()) -> None:
+    until(lambda: logged_step(run_dir) >= step, f"global step {step} in {run_dir}", timeout, procs)
 
 
 def interrupt(overrides: list[str], run_dir: Path, world: int, at_step: int, signal_ranks: list[int]) -> None:
     procs = start(overrides, world)
-    wait_for_step(run_dir, at_step)
+    wait_for_step(run_dir, at_step, procs=procs)
     for r in signal_ranks:
         os.kill(procs[r].pid, signal.SIGUSR2)
     results = wait(procs)

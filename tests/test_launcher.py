@@ -114,6 +114,7 @@ def test_preempted_two_task_run_resumes_and_matches_uninterrupted(
     assert all(torch.equal(final_ref[k], final_pre[k]) for k in final_ref)
 
 
+@pytest.mark.timeout(900)  # its own wait for the job is 600 s: several 1-minute starts on a loaded machine
 def test_time_limit_shorter_than_run_requeues_until_done(
     slurm_env: LocalCluster, tmp_path: Path, tiny: list[str]  # noqa: F811
 ) -> None:

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-from tests.train_helpers import TINY, env_for, final_model
+from tests.train_helpers import TINY, env_for, final_model, spawn, until, wait
 
-COMMAND = [sys.executable, "-m", "pekd.train", *TINY, "method=ce", "teacher=none", "trainer.epochs=3",
+COMMAND = ["-m", "pekd.train", *TINY, "method=ce", "teacher=none", "trainer.epochs=3",
            "trainer.milestones=[2]", "name=same_cmd"]
 
 
-def _start(cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(COMMAND, cwd=cwd, env=env_for(0, 1, 0), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def _run(cwd: Path) -> tuple[int, str]:
+    [(rc, err)] = wait([spawn(COMMAND, env_for(0, 1, 0), cwd)])
+    return rc, err
 
 
 def _run_dirs(cwd: Path) -> list[Path]:
@@ -38,24 +35,20 @@ def test_rerunning_the_interrupted_command_resumes_its_own_run_directory(tmp_pat
     here, reference = tmp_path / "here", tmp_path / "reference"
     here.mkdir()
     reference.mkdir()
-    proc = _start(here)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (_run_dirs(here) and _global_step(_run_dirs(here)[0]) >= 40):
-        time.sleep(0.2)
+    proc = spawn(COMMAND, env_for(0, 1, 0), here)
+    until(lambda: bool(_run_dirs(here)) and _global_step(_run_dirs(here)[0]) >= 40, "global step 40", procs=[proc])
     os.kill(proc.pid, signal.SIGUSR2)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 3, err
+    [(rc, err)] = wait([proc])
+    assert rc == 3, err
     [run_dir] = _run_dirs(here)
     assert run_dir.name.startswith("same_cmd-") and f"run {run_dir}:" in err  # printed at start
 
-    again = _start(here)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    rc, err = _run(here)
+    assert rc == 0, err
     assert _run_dirs(here) == [run_dir]
     assert "resumed from" in err, err[-3000:]
-    uninterrupted = _start(reference)
-    _, err = uninterrupted.communicate(timeout=300)
-    assert uninterrupted.returncode == 0, err
+    rc, err = _run(reference)
+    assert rc == 0, err
     [other] = _run_dirs(reference)
     assert other.name == run_dir.name, "the name is a function of the config, not of the time or the folder"
     a, b = final_model(run_dir), final_model(other)

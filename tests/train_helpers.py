@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,27 +35,84 @@ def free_port() -> int:
 
 def env_for(rank: int, world: int, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("SLURM_")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # prepend, not replace: a node's own PYTHONPATH (a GPU node's wheelhouse) must still reach the child
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
     if world > 1:
         env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
     return env
 
 
-def start(overrides: list[str], world: int = 1) -> list[subprocess.Popen]:
+class Child(subprocess.Popen):
+    """A test's child process that can neither hang its test nor outlive it.
+
+    Its stdout and stderr go to unnamed files, not pipes: a pipe holds 64 KiB, and a test that polls the run
+    directory reads nothing until the child exits, so a child that writes more (a storm of warnings) would block
+    forever in write() while the test waits for it. It runs in a session of its own, so `kill_group` ends it
+    with everything it started (DataLoader workers); tests/conftest.py does that after every test for the
+    children still alive, however the test ended.
+    """
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        self.out_file, self.err_file = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        super().__init__(args, stdout=self.out_file, stderr=self.err_file, start_new_session=True, **kwargs)
+        LIVE.append(self)
+
+    def output(self) -> tuple[str, str]:
+        """Everything the child wrote so far to stdout and stderr."""
+        return tuple(os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
+                     for f in (self.out_file, self.err_file))  # type: ignore[return-value]
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.wait()
+        self.out_file.close()
+        self.err_file.close()
+
+
+# Children not yet killed by tests/conftest.py's per-test teardown.
+LIVE: list[Child] = []
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 300, procs: Sequence[Child] = (),
+          interval: float = 0.05) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds, or as soon as one of `procs` has exited
+    (it never will hold then: better the child's own error now than a timeout later)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{what}: the child exited with {p.returncode} first\n{p.output()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path = REPO, **kwargs: Any) -> Child:
+    return Child([sys.executable, *args], env=env, cwd=cwd, **kwargs)
+
+
+def start(overrides: list[str], world: int = 1) -> list[Child]:
     """Start `world` rank processes of `python -m pekd.train overrides`."""
     port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "pekd.train", *overrides], env=env_for(r, world, port),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-            for r in range(world)]
+    return [spawn(["-m", "pekd.train", *overrides], env_for(r, world, port)) for r in range(world)]
 
 
-def wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[int, str]]:
-    out = []
+def wait(procs: list[Child], timeout: float = 600) -> list[tuple[int, str]]:
+    """Each child's exit status and stderr; all of them must end within `timeout` seconds together, or the test
+    fails with their stderr and none of them is left running."""
+    deadline = time.monotonic() + timeout
     for p in procs:
-        _, err = p.communicate(timeout=timeout)
-        out.append((p.returncode, err))
-    return out
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            tails = [p.output()[1][-2000:] for p in procs]
+            for q in procs:
+                q.kill_group()
+            raise AssertionError(f"still running after {timeout:.0f} s; stderr tails: {tails}") from None
+    return [(p.returncode, p.output()[1]) for p in procs]
 
 
 def train(overrides: list[str], world: int = 1, timeout: float = 600) -> list[tuple[int, str]]:

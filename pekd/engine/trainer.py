@@ -5,13 +5,19 @@ Everything a resumed run needs is a function of the checkpoint: the data order i
 so a run stopped at any step and resumed -- on the same or another number of processes -- continues the same
 trajectory (bit for bit on the same world size with deterministic algorithms).
 
-The hot path reads nothing from the device: losses are checked and the stop flag agreed every
-trainer.sync_every_steps steps (pekd.engine.checks), metrics are read back at log steps (pekd.engine.metrics),
-and the next batch is copied to the GPU while the current step runs (pekd.engine.prefetch).
+The hot path reads nothing from the device in bf16 or fp32 (trainer.amp=auto is bf16 on Ampere and newer GPUs):
+losses are checked and the stop flag agreed every trainer.sync_every_steps steps (pekd.engine.checks), metrics
+are read back at log steps (pekd.engine.metrics), the EMA keeps its count on the host (pekd.engine.ema), and the
+next batch -- bank rows included -- is copied from pinned memory to the GPU while the current step runs
+(pekd.engine.prefetch). fp16 (auto's choice only on GPUs without bf16) steps a fused SGD, which takes the
+GradScaler's found-inf flag on the device (GradScaler.step reads it on the host for any other optimizer). One
+read remains, where it cannot be avoided: data.on_corrupt=skip under DDP agrees on each step's sample count
+before the step's first backward (pekd.engine.step). docs/gpu_hot_path.md lists what the step must not sync
+and how to audit it.
 
 An epoch ends with its checkpoint, then its evaluation (marked pending in that checkpoint): a stop requested
-during a long evaluation is acted on within a batch, and the resumed run evaluates first and records the result
-as an uninterrupted run would have.
+during a long evaluation is acted on within trainer.sync_every_steps batches, and the resumed run evaluates first
+and records the result as an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pekd.data.batch import Batch
 from pekd.engine import checkpoint as ckpt
-from pekd.engine.checks import PendingChecks, check_due
+from pekd.engine.checks import PendingChecks, check_due, weights_finite
 from pekd.engine.compilation import compile_training
 from pekd.engine.distributed import DistEnv
 from pekd.engine.ema import StudentEMA
@@ -35,7 +41,7 @@ from pekd.engine.export import export_student
 from pekd.engine.lease import Lease
 from pekd.engine.metrics import Metrics, TrainMeter, progress_bar
 from pekd.engine.optim import build_optimizer
-from pekd.engine.precision import amp_dtype, autocast
+from pekd.engine.precision import NAMES, amp_dtype, autocast, grad_scaler, load_scaler_state
 from pekd.engine.preemption import StopSignal
 from pekd.engine.prefetch import prefetch
 from pekd.engine.progress import Progress
@@ -66,20 +72,26 @@ class Trainer:
         self.mean, self.std = tuple(mean), tuple(std)  # recorded in the exports
 
         module: nn.Module = train_module.to(self.device, memory_format=self.memory_format)
-        if tc.sync_bn and env.distributed:
+        sync_bn = tc.sync_bn and env.distributed  # alone, BatchNorm already sees the whole batch
+        if sync_bn and self.device.type != "cuda":
+            raise PekdError(f"trainer.sync_bn=true needs CUDA: torch's SyncBatchNorm refuses {self.device.type} "
+                            "tensors; set trainer.sync_bn=false on this machine")
+        if sync_bn:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.module = module  # the uncompiled, unwrapped module: what checkpoints save and load
+        # gradient_as_bucket_view: the gradients are views into DDP's all-reduce buckets, which saves one
+        # gradient-sized copy per step and the memory of a second copy of the gradients
         self.ddp = DDP(module, device_ids=[self.device] if self.device.type == "cuda" else None,
-                       find_unused_parameters=False) if env.distributed else None
+                       find_unused_parameters=False, gradient_as_bucket_view=True) if env.distributed else None
         model: nn.Module = module if self.ddp is None else self.ddp
         if tc.compile:
             model = compile_training(model, teacher)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, self.dtype)
         self.step = GradientStep(model, self.ddp, teacher, self.inputs, self.scaler, self.dtype, env.world,
-                                 count_skips=cfg.data.on_corrupt == "skip" and env.distributed)
+                                 count_skips=cfg.data.on_corrupt == "skip" and env.distributed, lockstep=sync_bn)
 
         lr = tc.lr * (plan.global_batch / 256 if tc.lr_scaling == "linear" else 1.0)
-        self.optimizer = build_optimizer(module, tc, lr)
+        self.optimizer = build_optimizer(module, tc, lr, fused=self.dtype == torch.float16)
         # benches that feed their own batches have no loader, and never step the schedule
         self.steps_per_epoch = max(getattr(train_loader, "steps_per_epoch", 1), 1)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
@@ -96,7 +108,7 @@ class Trainer:
                  "scheduler": scheduler_state(self.scheduler), "scaler": self.scaler.state_dict(),
                  "epoch": p.epoch, "step_in_epoch": p.step_in_epoch, "global_step": p.global_step,
                  "best_top1": p.best_top1, "history": p.history, "pending_eval": p.pending_eval, "lr": p.lr,
-                 "global_batch": self.plan.global_batch, "seed": self.cfg.seed}
+                 "global_batch": self.plan.global_batch, "seed": self.cfg.seed, "amp": NAMES[self.dtype]}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -113,7 +125,7 @@ class Trainer:
         else:  # pekd before per-step schedules: its MultiStepLR counted epochs; this one counts steps
             self.scheduler.load_state_dict({**self.scheduler.state_dict(), "last_epoch": s["global_step"],
                                             "_last_lr": [g["lr"] for g in self.optimizer.param_groups]})
-        self.scaler.load_state_dict(s["scaler"])
+        load_scaler_state(self.scaler, s["scaler"], s.get("amp"), NAMES[self.dtype])
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
         # .get: checkpoints of earlier pekd versions have no such keys (their evaluations ran before them)
@@ -130,7 +142,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Rank 0 writes atomically; every rank first checks the weights (identical under DDP) are finite, so a
         diverged step can never overwrite the last good checkpoint."""
-        if not all(bool(torch.isfinite(t).all()) for t in self.module.parameters()):
+        if not weights_finite(self.module):
             self._write_results("failed")
             raise PekdError(f"non-finite weights after global step {self.progress.global_step}; not checkpointing, "
                             f"the last good checkpoint {self._newest_checkpoint()} is kept; "
@@ -183,7 +195,7 @@ class Trainer:
         and buffers, over every rank's shard; None when `stop` was requested on any rank before the last batch
         (pekd.engine.evaluation)."""
         return evaluate(self.module.student if model is None else model, self.eval_loader, self.inputs, self._autocast,
-                        lambda: stop is not None and stop.requested,
+                        lambda: stop is not None and stop.requested, agree_every=self.tc.sync_every_steps,
                         observe=observe)
 
     # ---------------------------------------------------------------- loop
@@ -206,6 +218,8 @@ class Trainer:
             self.metrics.close()
             if status == "preempted":
                 stop.chain()
+            elif stop.requested:  # after the last check: nothing left to stop, and nothing else said it
+                log.info("%s too late to stop: the run is %s", stop.describe(), status)
         return self.results(status)
 
     def _run_epoch(self, stop: StopSignal, steps: int) -> str:
@@ -251,8 +265,9 @@ class Trainer:
                 self.metrics.train(p, steps, meter.reduce(), p.lr)
             if stopping:
                 self.save_checkpoint()
-                log.info("stop requested: checkpointed at global step %d (epoch %d, step %d); resume by "
-                         "restarting the same command", p.global_step, p.epoch, p.step_in_epoch)
+                log.info("%s: stopped at the step boundary, checkpointed at global step %d (epoch %d, step %d); "
+                         "resume by restarting the same command", stop.describe(), p.global_step, p.epoch,
+                         p.step_in_epoch)
                 return "preempted"
             if tc.max_steps and p.global_step >= tc.max_steps:
                 self.save_checkpoint()
@@ -290,8 +305,8 @@ class Trainer:
         result = self.evaluate(stop, observe=self.final_eval.start() if final else None)
         ema = self.evaluate(stop, self.ema.model) if self.ema is not None and result is not None else None
         if result is None or (self.ema is not None and ema is None):
-            log.info("stop requested during the evaluation of epoch %d: the checkpoint of global step %d keeps "
-                     "it pending; resume by restarting the same command", epoch, p.global_step)
+            log.info("%s: stopped during the evaluation of epoch %d; the checkpoint of global step %d keeps it "
+                     "pending; resume by restarting the same command", stop.describe(), epoch, p.global_step)
             return "preempted"
         record = {**p.pending_eval, "top1": result[0], "top5": result[1]}
         if ema is not None:

@@ -1,0 +1,39 @@
+"""Shared by every test file: no child process outlives the test that started it, and tests meant for the CPU
+keep their child processes off a GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.train_helpers import LIVE
+
+# "" (like "-1") means "no GPU allocated", not "GPUs allocated but unusable": pekd.engine.devices treats both as
+# hidden on purpose, so a CPU test's child neither trains on the node's GPU nor gets the device error.
+NO_GPU = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; its child processes may see the node's GPUs")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's expectations are the CPU's (gloo, amp=auto -> bf16/fp32, sync_bn refused, timings): run on a
+    GPU node, the rank processes a test starts would otherwise pick the GPU up. Only the environment children
+    inherit changes: this process's CUDA state was fixed when collection first asked torch about CUDA, so
+    in-process tests that check `torch.cuda.is_available()` still see the GPU. Tests marked `cuda` keep it for
+    their children too."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", NO_GPU)
+
+
+@pytest.fixture(autouse=True)
+def _kill_children() -> Iterator[None]:
+    """Kill the process group of every child started through tests.train_helpers (`Child`) during the test --
+    finished or not: a failed assertion, a timeout or an exception must not leave a trainer, or its DataLoader
+    workers, running on into the next tests."""
+    yield
+    while LIVE:
+        LIVE.pop().kill_group()
