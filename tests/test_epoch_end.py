@@ -69,6 +69,8 @@ def test_stop_during_evaluation_loses_nothing(tmp_path):
                                                                              (1, 3): 1}
 
     a, b = (json.loads((d / "results.json").read_text()) for d in (ref, cut))
+    # the only difference: whose lease wrote it (the uninterrupted run's first owner, the resumed run's second)
+    assert (a.pop("lease_generation"), b.pop("lease_generation")) == (1, 2)
     assert a == b and b["status"] == "completed" and len(b["history"]) == 2
     for name in ("best.pt", "student.pt"):
         sa, sb = (read_weights(str(d / name))[0] for d in (ref, cut))
