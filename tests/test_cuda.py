@@ -12,7 +12,8 @@ import torch
 
 from tests.train_helpers import REPO, TINY, env_for, final_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs this)")
+pytestmark = [pytest.mark.cuda,  # its child processes must see the GPU (tests/conftest.py hides it from the others)
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs this)")]
 
 
 def test_deterministic_training_repeats_bit_for_bit_without_the_users_cublas_setting(tmp_path: Path) -> None:
