@@ -108,7 +108,7 @@ class TrainerConfig:
     warmup_start_factor: float = 0.01
     no_wd_bn_bias: bool = False  # no weight decay on normalisation layers' weights and on any bias
     ema_decay: float = 0.0  # EMA of the student per optimizer step, evaluated and exported as ema.pt (0 = off)
-    amp: str = "auto"  # auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 from Ampere on, fp16 on older GPUs; CPU: bf16 if native) | bf16 | fp16 | off
     analyze: bool = False  # analysis.json (pekd.analyze's diagnostics) from the final evaluation's own pass
     channels_last: bool = True
     grad_clip: float = 0.0  # max grad norm (0 = off)

@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--dry-run" in args:
         print(dry_run(cfg))
         return
-    precompute(cfg)
-    shutdown()
+    try:
+        precompute(cfg)
+    finally:  # an error must not leave the process group to the interpreter's exit
+        shutdown()
 
 
 if __name__ == "__main__":

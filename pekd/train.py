@@ -113,7 +113,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     student = build_model(cfg.model.name, train_src.num_classes, train_src.in_chans)
     if cfg.model.weights:
         load_weights(student, cfg.model.weights)
-    with torch.random.fork_rng():  # the teacher's (discarded) init must not shift the projectors' init
+    # the teacher's (discarded) init must not shift the projectors' init; only this process's own GPU is forked
+    # (by default fork_rng saves and restores every visible GPU's generator, making a context on each of them)
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
         teacher, d_t = _build_teacher(cfg, train_src, env.device, build_model, load_weights)
     method = build_method(cfg.method, student.feature_dim, d_t, train_src.num_classes)
     if method.needs.feature and teacher is None:
@@ -141,8 +143,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
         bank_views = cfg.bank.views if same_views else 0
+        rows = teacher.rows if cfg.teacher.mode == "bank" and teacher is not None else None  # gathered by the pipeline
         train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
-                                          bank_views=bank_views, bank_seed=cfg.bank.seed)
+                                          bank_views=bank_views, bank_seed=cfg.bank.seed, rows=rows)
         eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
         torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
         trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,
@@ -212,8 +215,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     from pekd.engine.distributed import shutdown
 
-    results = run(cfg)
-    shutdown()
+    try:
+        results = run(cfg)
+    finally:  # an error must not leave the process group to the interpreter's exit (NCCL warns, or hangs)
+        shutdown()
     if results["status"] == "preempted":
         sys.exit(3)
 

@@ -17,6 +17,7 @@ from pekd.data.sources import Source, build_source
 from pekd.engine import determinism
 from pekd.engine.distributed import DistEnv
 from pekd.engine.trainer import Trainer
+from pekd.errors import PekdError
 from pekd.methods import TrainModule, build_method
 from pekd.models import build_model
 from pekd.train import compose_config
@@ -102,20 +103,27 @@ def test_bf16_step_runs_with_the_backward_outside_autocast(tmp_path):
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_determinism_switches(monkeypatch, deterministic):
-    """On CUDA, deterministic mode needs cuBLAS's fixed workspace and cuDNN without autotuning; otherwise cuDNN
-    autotunes. The flags are plain settings, so this is checked without a GPU."""
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    """On CUDA, deterministic mode needs cuBLAS's fixed workspace (set by `import pekd`, before any matmul) and
+    cuDNN without autotuning; otherwise cuDNN autotunes. The flags are plain settings, so this is checked without
+    a GPU. A workspace setting cuBLAS does not document as reproducible is refused for a deterministic run only."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark)
     try:
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8", "import pekd sets it"
         determinism.configure(deterministic, torch.device("cuda"))
         assert torch.are_deterministic_algorithms_enabled() is deterministic
         assert torch.backends.cudnn.deterministic is deterministic
         assert torch.backends.cudnn.benchmark is not deterministic
-        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if deterministic else None)
         monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
         determinism.configure(deterministic, torch.device("cuda"))
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8", "the user's setting is kept"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+        if deterministic:
+            with pytest.raises(PekdError, match="CUBLAS_WORKSPACE_CONFIG set to one of"):
+                determinism.configure(deterministic, torch.device("cuda"))
+        else:
+            determinism.configure(deterministic, torch.device("cuda"))
+        determinism.configure(deterministic, torch.device("cpu"))  # cuBLAS plays no part on a CPU
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]

@@ -3,9 +3,11 @@
 Order: `fn.readers.file` shards by position in a file list and shuffles with its own RNG, so it cannot follow
 a permutation that must survive resumes on another world size. Instead an `external_source` hands DALI this
 rank's micro-batches from `rank_micro_batches` (global-rank sharding is already in them), with each sample's
-crop window and flip from pekd.data.views. One DALI pipeline serves one pass (an epoch from a start step, or an
-eval pass) and ends when the feed does, so prefetching never crosses into an order that is not chosen yet,
-and the last eval batch is exactly the rest of the shard.
+crop window and flip from pekd.data.views. A pass (an epoch from a start step, or an eval pass) ends when the
+feed does (external_source's cycle="raise"), so prefetching never crosses into an order that is not chosen yet,
+and the last eval batch is exactly the rest of the shard. The pipeline is built once (building one starts its
+threads and allocates its buffers) and reset between passes, after the next pass's batches are handed to the
+feed; only a pass cut short (its prefetched batches belong to it) or failed costs a new one.
 
 Views need each image's size before DALI decodes it; the feed reads it from the file header with PIL (no
 pixels are decoded), which also catches files that are not images at all before DALI sees them.
@@ -16,7 +18,7 @@ decodes only the window's rows; pad-crops decode whole images and `fn.slice` pad
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -113,7 +115,7 @@ def build_pipeline(feed: Feed, *, batch_size: int, workers: int, device: str, en
                   device_id=torch.cuda.current_device() if device == "mixed" else None)
     def pipe():
         data, anchor, shape, flip, labels, index, view = fn.external_source(
-            source=feed, num_outputs=7, batch=True, cycle=False,
+            source=feed, num_outputs=7, batch=True, cycle="raise",
             dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64, types.INT64, types.INT64])
         window = {"axis_names": "HW", "normalized_anchor": False, "normalized_shape": False}
         out_type = types.GRAY if gray else types.RGB
@@ -136,10 +138,11 @@ def build_pipeline(feed: Feed, *, batch_size: int, workers: int, device: str, en
 
 
 class DaliPasses:
-    """Runs passes (ordered micro-batch lists) through fresh DALI pipelines and yields Batches."""
+    """Runs passes (ordered micro-batch lists) through one DALI pipeline and yields Batches (with their bank rows
+    when `rows` is given)."""
 
     def __init__(self, source: Source, recipe: Recipe, *, batch_size: int, workers: int, device: str,
-                 on_corrupt: str):
+                 on_corrupt: str, rows: Callable[[Batch], Batch] | None = None):
         check_device(device)
         if source.paths is None and source.arrays is None:
             raise PekdError(f"source {source.name} has neither files nor arrays for DALI to read")
@@ -147,28 +150,41 @@ class DaliPasses:
         self.workers, self.device = workers, device
         self.corrupt = CorruptPolicy(on_corrupt)
         self.failed: set[int] = set()  # indices DALI could not decode; left out when on_corrupt=skip
+        self.rows = rows
+        self.feed = Feed(source, recipe, 0, [], self.failed)  # its pass is swapped in before each run
+        self.iterator: Any = None  # a DALIGenericIterator whose last pass ended, or None: build one
 
-    def run(self, epoch: int, batches: list[np.ndarray]) -> Iterator[Batch]:
+    def _start(self) -> Any:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        if self.iterator is not None:
+            self.iterator.reset()  # the feed starts over, on the pass just handed to it
+            return self.iterator
+        pipe = build_pipeline(self.feed, batch_size=self.batch_size, workers=self.workers, device=self.device,
+                              encoded=self.source.paths is not None, inside=windows_inside(self.recipe),
+                              size=self.recipe.size, gray=self.source.in_chans == 1)
+        # The feed ends the pass with StopIteration, so every batch is exactly what it fed: PARTIAL states that
+        # no sample is padded or dropped (size=-1 leaves the policy nothing to trim).
+        self.iterator = DALIGenericIterator(pipe, OUTPUTS, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                           prepare_first_batch=False)
+        return self.iterator
+
+    def run(self, epoch: int, batches: list[np.ndarray]) -> Iterator[Batch]:
         pos = 0
         while pos < len(batches):
-            feed = Feed(self.source, self.recipe, epoch, batches[pos:], self.failed)
-            pipe = build_pipeline(feed, batch_size=self.batch_size, workers=self.workers, device=self.device,
-                                  encoded=self.source.paths is not None, inside=windows_inside(self.recipe),
-                                  size=self.recipe.size, gray=self.source.in_chans == 1)
-            # The feed ends the pass with StopIteration, so every batch is exactly what it fed: PARTIAL
-            # states that no sample is padded or dropped (size=-1 leaves the policy nothing to trim).
-            it = DALIGenericIterator(pipe, OUTPUTS, last_batch_policy=LastBatchPolicy.PARTIAL,
-                                     prepare_first_batch=False)
-            reported = 0
+            feed = self.feed
+            feed.epoch, feed.batches, feed.corrupt = epoch, batches[pos:], []
+            it = self._start()
+            reported, finished = 0, False
             try:
                 for out in it:
                     self.corrupt.check(feed.corrupt[reported:])
                     reported = len(feed.corrupt)
                     d = out[0]
-                    yield Batch(d["images"], *(d[k].reshape(-1).to(torch.int64) for k in OUTPUTS[1:]))
+                    batch = Batch(d["images"], *(d[k].reshape(-1).to(torch.int64) for k in OUTPUTS[1:]))
+                    yield batch if self.rows is None else self.rows(batch)
                     pos += 1
+                finished = True
                 self.corrupt.check(feed.corrupt[reported:])
             except RuntimeError as e:
                 bad = self._undecodable(batches[pos:pos + PREFETCH + 1])
@@ -177,6 +193,9 @@ class DaliPasses:
                                     "files") from None
                 self.corrupt.check([Corrupt(self.source.paths[i], "DALI cannot decode it") for i in bad])
                 self.failed.update(bad)
+            finally:
+                if not finished:  # cut short or failed: what the pipeline prefetched belongs to this pass
+                    self.iterator = None
 
     def _undecodable(self, batches: list[np.ndarray]) -> list[int]:
         """Indices in these batches that torchvision cannot decode either (DALI's error names no file)."""
@@ -197,11 +216,11 @@ class DaliTrainLoader:
     """This rank's micro-batches, in pekd's global order, decoded and augmented by DALI."""
 
     def __init__(self, source: Source, recipe: Recipe, *, plan: Plan, rank: int, seed: int, workers: int,
-                 device: str = "cpu", on_corrupt: str = "error"):
+                 device: str = "cpu", on_corrupt: str = "error", rows: Callable[[Batch], Batch] | None = None):
         self.n, self.plan, self.rank, self.seed = len(source), plan, rank, seed
         self.steps_per_epoch = steps_per_epoch(self.n, plan.global_batch)
         self.passes = DaliPasses(source, recipe, batch_size=plan.micro, workers=workers, device=device,
-                                 on_corrupt=on_corrupt)
+                                 on_corrupt=on_corrupt, rows=rows)
 
     @property
     def skipped(self) -> list[str]:

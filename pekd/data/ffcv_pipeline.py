@@ -15,7 +15,7 @@ exactly as the torch pipeline does, and scaled to the stored image when write_da
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -233,9 +233,12 @@ class FfcvReader:
                 idx = index.reshape(-1).astype(np.int64)
                 view = self.views.recipe.views(epoch, idx, self.views.orig_heights[idx],
                                                self.views.orig_widths[idx]).view
-                x = torch.from_numpy(images[..., :self.in_chans]).permute(0, 3, 1, 2).contiguous()
-                yield Batch(x, torch.from_numpy(labels.reshape(-1).astype(np.int64)), torch.from_numpy(idx),
-                            torch.from_numpy(view))
+                # one copy out of FFCV's reused buffer, kept in FFCV's NHWC layout: the permuted view is an NCHW
+                # tensor in channels_last memory, which the trainer's channels_last input needs no copy for
+                # (an NCHW-contiguous copy here would be transposed back on the GPU every micro-batch)
+                x = torch.from_numpy(images[..., :self.in_chans]).clone(memory_format=torch.contiguous_format)
+                yield Batch(x.permute(0, 3, 1, 2), torch.from_numpy(labels.reshape(-1).astype(np.int64)),
+                            torch.from_numpy(idx), torch.from_numpy(view))
         finally:
             it.close()
 
@@ -244,8 +247,9 @@ class FfcvTrainLoader:
     """This rank's micro-batches from a .beton, in pekd's global order, with pekd's views."""
 
     def __init__(self, source: Source, recipe: Recipe, path: str, *, plan: Plan, rank: int, seed: int,
-                 workers: int, os_cache: bool = True):
+                 workers: int, os_cache: bool = True, rows: Callable[[Batch], Batch] | None = None):
         self.n, self.plan, self.rank, self.seed = len(source), plan, rank, seed
+        self.rows = rows  # a feature bank's rows, attached as each batch is handed over
         self.steps_per_epoch = steps_per_epoch(self.n, plan.global_batch)
         self.reader = FfcvReader(source, recipe, path, "data.train_beton", self._order(0, 0), plan.micro,
                                  workers, os_cache, drop_last=True)
@@ -255,7 +259,8 @@ class FfcvTrainLoader:
         return np.concatenate(micro) if micro else np.zeros(0, dtype=np.int64)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        return self.reader.run(self._order(epoch, start_step), epoch)
+        batches = self.reader.run(self._order(epoch, start_step), epoch)
+        return batches if self.rows is None else map(self.rows, batches)
 
 
 class FfcvEvalLoader:

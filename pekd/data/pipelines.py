@@ -7,7 +7,7 @@ throughput, not the samples a run sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -47,25 +47,27 @@ def _check_pipeline(cfg: DataConfig) -> None:
 
 
 def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int, seed: int,
-                       bank_views: int = 0, bank_seed: int = 0) -> TrainLoader:
+                       bank_views: int = 0, bank_seed: int = 0,
+                       rows: Callable[[Batch], Batch] | None = None) -> TrainLoader:
     """The training loader of this rank. bank_views K > 0: each sample shows one of the K views keyed by
-    bank_seed (the training seed picks which)."""
+    bank_seed (the training seed picks which). rows: attaches a feature bank's rows to each batch
+    (pekd.teacher.bank.BankRows), applied by the pipeline so that they travel with the images."""
     _check_pipeline(cfg)
     recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, bank_seed=bank_seed)
     if cfg.pipeline == "ffcv":
         from pekd.data.ffcv_pipeline import FfcvTrainLoader
 
         return FfcvTrainLoader(source, recipe, cfg.train_beton, plan=plan, rank=rank, seed=seed,
-                               workers=cfg.workers, os_cache=cfg.os_cache)
+                               workers=cfg.workers, os_cache=cfg.os_cache, rows=rows)
     if cfg.pipeline == "dali":
         from pekd.data.dali_pipeline import DaliTrainLoader
 
         return DaliTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
-                               device=cfg.dali_device, on_corrupt=cfg.on_corrupt)
+                               device=cfg.dali_device, on_corrupt=cfg.on_corrupt, rows=rows)
     from pekd.data.torch_pipeline import TorchTrainLoader
 
     return TorchTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
-                            on_corrupt=cfg.on_corrupt)
+                            on_corrupt=cfg.on_corrupt, rows=rows)
 
 
 def build_view_passes(source: Source, cfg: DataConfig, *, bank_seed: int, bank_views: int,

@@ -6,8 +6,9 @@ keep per-epoch state: persistent workers just see new keys, and a resume is a di
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -69,16 +70,20 @@ class ViewDataset(Dataset):
         return out, int(self.source.labels[index]), index, int(v.view[0])
 
 
-def collate(samples: list[tuple[torch.Tensor, int, int, int] | Corrupt]) -> tuple[Batch, list[Corrupt]]:
-    """Stack the good samples into a Batch; hand the corrupt ones back separately."""
+def collate(samples: list[tuple[torch.Tensor, int, int, int] | Corrupt],
+            rows: Callable[[Batch], Batch] | None = None) -> tuple[Batch, list[Corrupt]]:
+    """Stack the good samples into a Batch, with its bank rows when `rows` is given (in the worker, off the
+    training thread); hand the corrupt ones back separately."""
     good = [s for s in samples if not isinstance(s, Corrupt)]
     bad = [s for s in samples if isinstance(s, Corrupt)]
     if not good:
         empty = torch.zeros(0, dtype=torch.int64)
-        return Batch(torch.zeros(0, 0, 0, 0, dtype=torch.uint8), empty, empty, empty), bad
-    images = torch.stack([s[0] for s in good])
-    labels, index, view = (torch.tensor([s[i] for s in good], dtype=torch.int64) for i in (1, 2, 3))
-    return Batch(images, labels, index, view), bad
+        batch = Batch(torch.zeros(0, 0, 0, 0, dtype=torch.uint8), empty, empty, empty)
+    else:
+        images = torch.stack([s[0] for s in good])
+        labels, index, view = (torch.tensor([s[i] for s in good], dtype=torch.int64) for i in (1, 2, 3))
+        batch = Batch(images, labels, index, view)
+    return (batch if rows is None else rows(batch)), bad
 
 
 class KeyBatches:
@@ -110,8 +115,11 @@ class CorruptPolicy:
         self.skipped.extend(b.path for b in bad)
 
 
-def make_loader(dataset: ViewDataset, sampler: KeyBatches, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+def make_loader(dataset: ViewDataset, sampler: KeyBatches, workers: int,
+                rows: Callable[[Batch], Batch] | None = None) -> DataLoader:
+    """pin_memory on CUDA: the loader's pin thread calls Batch.pin_memory, so the prefetch's copies to the GPU
+    are asynchronous."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=partial(collate, rows=rows),
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
@@ -119,10 +127,11 @@ class TorchPasses:
     """Runs passes -- lists of index batches under one key (an epoch, or a bank's view number) -- through
     DataLoader workers; persistent workers just see new (key, index) pairs."""
 
-    def __init__(self, source: Source, recipe: Recipe, *, workers: int, on_corrupt: str = "error"):
+    def __init__(self, source: Source, recipe: Recipe, *, workers: int, on_corrupt: str = "error",
+                 rows: Callable[[Batch], Batch] | None = None):
         self.corrupt = CorruptPolicy(on_corrupt)
         self.sampler = KeyBatches()
-        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers)
+        self.loader = make_loader(ViewDataset(source, recipe), self.sampler, workers, rows)
 
     def run(self, key: int, batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         self.sampler.batches = [[(key, int(i)) for i in b] for b in batches]
@@ -135,10 +144,10 @@ class TorchTrainLoader:
     """This rank's micro-batches of an epoch, in the global order, from DataLoader workers."""
 
     def __init__(self, source: Source, recipe: Recipe, *, plan: Plan, rank: int, seed: int, workers: int,
-                 on_corrupt: str = "error"):
+                 on_corrupt: str = "error", rows: Callable[[Batch], Batch] | None = None):
         self.source, self.plan, self.rank, self.seed = source, plan, rank, seed
         self.steps_per_epoch = steps_per_epoch(len(source), plan.global_batch)
-        self.passes = TorchPasses(source, recipe, workers=workers, on_corrupt=on_corrupt)
+        self.passes = TorchPasses(source, recipe, workers=workers, on_corrupt=on_corrupt, rows=rows)
 
     @property
     def skipped(self) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from pekd.engine.distributed import all_reduce_max
 from pekd.engine.progress import Progress
@@ -75,3 +76,11 @@ class PendingChecks:
                         f"{bad[0]!r} = {s.terms[bad[0]].item()}")
         first, last = self.steps[0], self.steps[-1]
         return f"on another rank, between global steps {first.global_step} and {last.global_step}"
+
+
+def weights_finite(module: nn.Module) -> bool:
+    """Whether every parameter is finite, with one device->host read: the max-abs norm over all of them (one
+    fused multi-tensor kernel; NaN and inf propagate through it, and unlike the 2-norm it cannot overflow on
+    finite weights), where a per-parameter check would wait for the device once per parameter."""
+    params = [p.detach() for p in module.parameters()]
+    return not params or bool(torch.isfinite(nn.utils.get_total_norm(params, float("inf"))))

@@ -1,10 +1,13 @@
 """trainer.deterministic: the switches that make a CUDA run repeatable, or else the fast cuDNN autotuner.
 
 torch.use_deterministic_algorithms alone is not enough on CUDA: cuBLAS needs a fixed workspace configuration
-(CUBLAS_WORKSPACE_CONFIG, read when its first handle is made, so it must be set before the first matmul; without
-it deterministic mode raises at the first cuBLAS call), and cuDNN must neither pick nondeterministic kernels nor
-autotune (benchmark mode may pick different algorithms from run to run). Without determinism, benchmark mode lets
-cuDNN time its algorithms once per input shape and keep the fastest, which pays off for fixed-shape training.
+(CUBLAS_WORKSPACE_CONFIG; without one deterministic mode raises at the first cuBLAS call). PyTorch reads that
+variable once per process, at its first cuBLAS call, so setting it here -- after a demo worker, an in-process
+test or a bench may already have run a matmul -- would be too late: `import pekd` sets it (pekd/__init__.py),
+and this module only checks that the value in force is one cuBLAS documents as reproducible. cuDNN must neither
+pick nondeterministic kernels nor autotune (benchmark mode may pick different algorithms from run to run).
+Without determinism, benchmark mode lets cuDNN time its algorithms once per input shape and keep the fastest,
+which pays off for fixed-shape training.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ import os
 
 import torch
 
-# One of the two settings NVIDIA documents for reproducible cuBLAS (the other, ":16:8", uses less memory).
-CUBLAS_WORKSPACE = ":4096:8"
+from pekd.errors import PekdError
+
+REPRODUCIBLE_WORKSPACES = (":4096:8", ":16:8")  # the two settings NVIDIA documents for reproducible cuBLAS
 
 
 def configure(deterministic: bool, device: torch.device) -> None:
-    """Call once per run, before the model is built (the first cuBLAS call). Every switch is set both ways: runs
-    that share a process (the demo's workers, in-process tests) must not inherit an earlier run's mode. A
-    CUBLAS_WORKSPACE_CONFIG already in the environment is the user's choice and is kept."""
-    if deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    """Call once per run, before the model is built. Every switch is set both ways: runs that share a process
+    (the demo's workers, in-process tests) must not inherit an earlier run's mode."""
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if deterministic and device.type == "cuda" and workspace not in REPRODUCIBLE_WORKSPACES:
+        raise PekdError(f"trainer.deterministic=true on CUDA needs CUBLAS_WORKSPACE_CONFIG set to one of "
+                        f"{list(REPRODUCIBLE_WORKSPACES)} before the process's first matmul, but it is "
+                        f"{workspace!r}; unset it (pekd sets {REPRODUCIBLE_WORKSPACES[0]!r} when imported) or set "
+                        "trainer.deterministic=false")
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic

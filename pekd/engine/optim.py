@@ -30,6 +30,9 @@ def param_groups(module: nn.Module, weight_decay: float, no_wd_norm_bias: bool) 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(module: nn.Module, tc: Any, lr: float) -> torch.optim.SGD:
+def build_optimizer(module: nn.Module, tc: Any, lr: float, fused: bool = False) -> torch.optim.SGD:
+    """fused (used with fp16): the fused SGD kernel takes GradScaler's found-inf flag on the device and skips the
+    update there, so GradScaler.step need not read the flag on the host every step (it must for the foreach
+    kernel). Off otherwise, so that bf16/fp32 runs keep the kernel their bit-exact tests were written against."""
     return torch.optim.SGD(param_groups(module, tc.weight_decay, tc.no_wd_bn_bias), lr=lr, momentum=tc.momentum,
-                           weight_decay=tc.weight_decay, nesterov=tc.nesterov)
+                           weight_decay=tc.weight_decay, nesterov=tc.nesterov, fused=fused or None)

@@ -18,6 +18,7 @@ matching row: cached and online training are the same computation.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -125,12 +126,42 @@ def open_features(folder: Path, spec: dict[str, Any], mode: str) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
 
 
+class BankRows:
+    """Batch -> the same batch with its bank rows (view[j], index[j]) attached as Batch.features, in the bank's
+    dtype. The data pipeline applies it -- in the torch pipeline's DataLoader workers (their collate), elsewhere
+    as the loader hands a batch over -- so the rows are gathered off the training step, pinned with the images
+    and copied to the GPU by the prefetch. Picklable for spawned workers: the memmap is opened by the process
+    that reads it (ranks and workers share the page cache)."""
+
+    def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
+        self.folder, self.spec = folder, spec
+        self._features: np.memmap | None = None
+
+    def open(self) -> np.memmap:
+        """The features, mapped on first use in this process."""
+        if self._features is None:
+            self._features = open_features(self.folder, self.spec, "r")
+        return self._features
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder, "spec": self.spec, "_features": None}
+
+    def read(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
+        """Rows (view[j], index[j]): one gather from the memmap, in the bank's dtype."""
+        return self.open()[view, index]
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = self.read(batch.index.numpy(), batch.view.numpy())
+        return dataclasses.replace(batch, features=torch.from_numpy(rows))
+
+
 class BankTeacher:
-    """Serves the teacher feature of a batch by gathering rows (view, index) from the bank; no logits."""
+    """Serves the teacher feature of a batch: the bank rows its pipeline attached (BankRows); no logits."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
         self.folder, self.manifest = folder, manifest
-        self.features = open_features(folder, manifest, "r")
+        self.rows = BankRows(folder, manifest)
+        self.rows.open()  # now: a file of the wrong size is refused before training starts
 
     @property
     def feature_dim(self) -> int:
@@ -167,12 +198,10 @@ class BankTeacher:
                             "built for this run")
         return cls(path, manifest)
 
-    def read(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
-        """Rows (view[j], index[j]): one gather from the memmap, in the bank's dtype."""
-        return self.features[view, index]
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, None]:
-        """The batch's teacher features as float32 on the images' device (upcasting fp16 is exact)."""
-        rows = self.read(batch.index.cpu().numpy(), batch.view.cpu().numpy())
-        return torch.from_numpy(rows).to(images.device, non_blocking=True).float(), None
+        """The batch's teacher features as float32 on the images' device (upcasting fp16 is exact). A batch
+        without rows (one a bench or test made itself, not a training loader) has them gathered here."""
+        features = batch.features if batch.features is not None else self.rows(batch).features
+        assert features is not None
+        return features.to(images.device, non_blocking=True).float(), None

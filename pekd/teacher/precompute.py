@@ -134,11 +134,47 @@ def work_plan(chunks: list[int], size: int, n: int, views: int,
 
 
 def to_bank_dtype(feat: torch.Tensor, dtype: str) -> np.ndarray:
-    out = feat.float().to(getattr(torch, dtype))
-    if not torch.isfinite(out).all():
+    out = feat.float().to(getattr(torch, dtype)).cpu().numpy()
+    if not np.isfinite(out).all():
         raise PekdError(f"teacher features are not finite in {dtype} (largest |f| = {feat.float().abs().max():.4g});"
                         " float16 holds at most 65504: use bank.dtype=float32")
-    return out.cpu().numpy()
+    return out
+
+
+class RowWriter:
+    """Writes teacher features into the bank one batch behind the teacher. On CUDA a batch's rows are copied
+    (non_blocking) into pinned host memory and the host waits only for that copy's event when the next batch
+    has been queued: the device computes batch i + 1 while the host writes batch i, instead of idling at a
+    device read after every batch. On a CPU the rows are written at once."""
+
+    def __init__(self, features: np.memmap, dtype: str) -> None:
+        self.features, self.dtype = features, dtype
+        self.pending: tuple[int, np.ndarray, torch.Tensor, torch.Tensor, torch.cuda.Event] | None = None
+
+    def add(self, view: int, index: np.ndarray, feat: torch.Tensor) -> None:
+        if feat.device.type != "cuda":
+            self.features[view, index] = to_bank_dtype(feat, self.dtype)
+            return
+        rows = feat.float().to(getattr(torch, self.dtype))
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.flush()
+        self.pending = (view, index, feat, host, event)
+
+    def flush(self) -> None:
+        """Write the batch still in flight, if any (before a chunk's marker, and at the end)."""
+        if self.pending is None:
+            return
+        view, index, feat, host, event = self.pending
+        self.pending = None
+        event.synchronize()
+        out = host.numpy()
+        if not np.isfinite(out).all():
+            raise PekdError(f"teacher features are not finite in {self.dtype} (largest |f| = "
+                            f"{feat.float().abs().max():.4g}); float16 holds at most 65504: use bank.dtype=float32")
+        self.features[view, index] = out
 
 
 def pending_chunks(folder: Path, spec: dict[str, Any]) -> list[int]:
@@ -164,6 +200,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
                disable=not (env.is_main and cfg.trainer.progress))
     passes = passes_for(source, cfg)
+    writer = RowWriter(features, spec["dtype"])
     t0 = time.perf_counter()
     for c, k, batches in plan:
         seen = 0
@@ -171,12 +208,13 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
             assert bool((batch.view == k).all()), "a replay pass must show view k of every sample"
             if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
                 feat, _ = teacher(batch)
-                features[k, batch.index.cpu().numpy()] = to_bank_dtype(feat, spec["dtype"])
+                writer.add(k, batch.index.cpu().numpy(), feat)
             bar.update(len(batch))
             seen += len(batch)
         assert seen == sum(map(len, batches)) or cfg.data.on_corrupt == "skip", \
             f"chunk {c} view {k}: the {cfg.data.pipeline} pipeline returned {seen} of its samples"
         if k == views - 1:
+            writer.flush()
             features.flush()  # the rows are on disk before the marker says so
             rows = chunk_rows(c, size, n)
             atomic_write_bytes(marker(folder, c), json.dumps(
@@ -193,14 +231,14 @@ def teacher_top1(cfg: Any, teacher: FrozenTeacher, env: DistEnv) -> tuple[float,
     """The teacher's top-1 (%) on the eval split, each rank on its shard; a bank records what it was built from."""
     val = run_sources(cfg)[1]
     loader = build_eval_loader(val, cfg.data, rank=env.rank, world=env.world)
-    counts = torch.zeros(2, dtype=torch.float64, device=env.device)
+    hits, images = torch.zeros((), dtype=torch.int64, device=env.device), 0  # hits stay on the device
     for batch in loader:
         _, logits = teacher(batch)
-        hit = (logits.argmax(1) == batch.labels.to(env.device)).sum()
-        counts += torch.stack([hit.to(torch.float64), torch.tensor(float(len(batch)), device=env.device,
-                                                                    dtype=torch.float64)])
-    all_reduce_sum(counts)
-    return 100.0 * counts[0].item() / max(counts[1].item(), 1.0), val.identity()
+        hits += (logits.argmax(1) == batch.labels.to(env.device, non_blocking=True)).sum()
+        images += len(batch)
+    counts = all_reduce_sum(torch.stack([hits, torch.tensor(images, dtype=torch.int64).to(env.device)]))
+    top1, n = counts.tolist()
+    return 100.0 * top1 / max(n, 1), val.identity()
 
 
 def seal(folder: Path, spec: dict[str, Any], top1: float, val: dict[str, object], rate: float | None,
@@ -269,20 +307,27 @@ def duration(seconds: float) -> str:
 
 def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     """The bank's size, and its precompute time extrapolated from timing a few real batches (writes nothing)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # this process's own GPU, as init_distributed picks it: under torchrun every rank would otherwise time on cuda:0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else \
+        torch.device("cpu")
     source, teacher, spec = setup(cfg, device)
     k, n, d = spec["shape"]
     size = k * n * d * np.dtype(spec["dtype"]).itemsize
     bs = cfg.data.eval_batch_size
-    [(_, _, batches)] = work_plan([0], min(n, bs * sample_batches), n, 1, bs)
+    sampled = min(n, bs * sample_batches)
+    [(_, _, batches)] = work_plan([0], sampled, n, 1, bs)
     passes = passes_for(source, cfg)
     for batch in passes.run(0, batches[:1]):  # warm-up (JIT, workers, first touches), not timed
         teacher(batch)
+    rows = np.zeros((1, sampled, d), dtype=spec["dtype"])  # written as the build writes them, into memory
+    writer = RowWriter(rows, spec["dtype"])  # type: ignore[arg-type]
     timed, t0 = 0, time.perf_counter()
     for batch in passes.run(0, batches):
         feat, _ = teacher(batch)
-        to_bank_dtype(feat, spec["dtype"])
+        writer.add(0, batch.index.cpu().numpy(), feat)
         timed += len(batch)
+    writer.flush()
     rate = timed / (time.perf_counter() - t0)
     val_n = len(run_sources(cfg)[1])
     seconds = (k * n + val_n) / rate
