@@ -23,6 +23,12 @@ two claims (its smallest p is 2/2^7 = 0.016, times two = 0.031 < 0.05; with six 
 verdicts are the exact test's (`pekd.report --test perm`), which assumes nothing about the differences'
 distribution. The budget, 500 images x 24 epochs (168 optimizer steps), is the smallest point of the study's
 curve (`python -m pekd.study`, data.subset from 500 up at 24 epochs; results in docs/study/).
+
+Time on a 2-core CPU without native bf16 (fp32; `--amp off` reproduces it elsewhere), estimated from the last
+measurement there (6 seeds, idle: teacher 66 s, bank 16 s, 30 student runs 372 s, second-pass analysis 114 s) and
+bench/fused_analysis.py (the second pass cost 0.8 of a final evaluation per run, the fused diagnostics nothing
+measurable): teacher 66 + bank 16 + 35 student runs 434 + the teacher's test outputs once per worker and the
+500-image training-set passes ~26 = ~545 s for 7 seeds; 8 seeds would be ~605 s.
 """
 
 from __future__ import annotations
@@ -55,10 +61,8 @@ def _train(overrides: list[str]) -> dict[str, Any]:
 
     cfg = compose_config(overrides)
     t0 = time.perf_counter()
-    try:
-        results = run(cfg)
-    finally:
-        shutdown()
+    results = run(cfg)
+    shutdown()
     if results["status"] != "completed":
         raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun `python -m pekd.demo` "
                         "to resume it")
