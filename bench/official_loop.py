@@ -13,8 +13,9 @@ CRD/RepDistiller zoo the official code imports), so the two differ only in how t
   top-1/top-5 accuracy, and `loss.item()` (a device sync). `official` includes it, as published;
   `official, no bookkeeping` leaves it out, so the figure can be read both ways.
 - pekd online eager: the real Trainer (built as pekd.train builds it, experiment=cifar100_r32x4_r8x4) running
-  Trainer.train_step + Trainer.optimizer_step, its defaults on: channels_last, trainer.amp=auto (fp16 on CUDA;
-  bf16 on a CPU with native bf16 kernels, fp32 on one without), one stacked projector GEMM.
+  Trainer.train_step + Trainer.optimizer_step, its defaults on: channels_last, trainer.amp=auto (bf16 on CUDA GPUs
+  of capability >= 8.0, fp16 on older ones; bf16 on a CPU with native bf16 kernels, fp32 on one without), one
+  stacked projector GEMM.
 - pekd online eager, amp=off: the same in fp32, run only where trainer.amp=auto picks a lower precision (CUDA,
   or a CPU with native bf16 such as AVX-512 BF16), so what the AMP default gives is told apart from the rest.
 - pekd online compiled: the same with trainer.compile=true (torch.compile of the training module and the online

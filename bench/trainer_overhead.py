@@ -20,7 +20,7 @@ the rate a real run has it, and the figures are per step:
   trainer.max_steps is moved one call ahead, so `_steps` returns after sync_every_steps steps, on a step that is
   a check step anyway; the checkpoint that reaching max_steps writes is a per-run cost and is replaced by a no-op.
 - bare: `module(x, y, f_t)`, `sum(losses).backward()`, `optimizer.step()`, `zero_grad()` under the same autocast
-  (and a GradScaler where the trainer's is enabled, fp16 on CUDA), on the same input tensor.
+  (and a GradScaler where the trainer's is enabled: fp16, on GPUs without bf16), on the same input tensor.
 
 The batch is handed over already normalised in the run's memory format, so the trainer's input preparation has
 nothing to convert (normalising uint8 is pipeline work that a bare loop has to do somewhere too). On a machine

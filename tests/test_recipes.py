@@ -200,6 +200,7 @@ def test_ema_resumes_bit_exactly_and_is_evaluated_and_exported(tmp_path):
     a, b = (ckpt.newest_valid(d / "checkpoints")[1]["ema"] for d in (ref, cut))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, cut))
+    assert (ra.pop("lease_generation"), rb.pop("lease_generation")) == (1, 2)  # who wrote it: first or second owner
     assert ra == rb and 0 < rb["last_ema_top1"] <= 100 and "ema_top1" in rb["history"][-1]
     for d in (ref, cut):
         assert (d / "ema.pt").is_file()
