@@ -71,7 +71,7 @@ def test_the_wheel_has_one_version_its_configs_and_console_scripts(wheel):
         scripts = z.read(f"pekd-{pekd.__version__}.dist-info/entry_points.txt").decode()
     shipped = {n.removeprefix("pekd/configs/") for n in names if n.startswith("pekd/configs/")}
     assert shipped == {str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml")}
-    assert "pekd/py.typed" in names and "pekd/launchers/submit.py" in names
+    assert {"pekd/py.typed", "pekd/launchers/__init__.py", "pekd/launchers/submit.py"} <= names
     for script in ("pekd-train", "pekd-precompute", "pekd-report", "pekd-submit"):
         assert f"{script} = " in scripts
 

@@ -1,0 +1,1 @@
+"""SLURM launchers; an installed pekd carries this folder as pekd.launchers (the pekd-submit script)."""
