@@ -1,5 +1,5 @@
 # The two commands a new user needs; each does whatever set-up is still missing first.
-.PHONY: demo test setup lint bench wheel soak
+.PHONY: demo test setup lint bench wheel soak gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -23,3 +23,8 @@ wheel: setup
 # figures (interruptions survived, steps recomputed, time lost); tens of minutes on a small machine.
 soak: setup
 	.venv/bin/python -m bench.soak --n 50
+
+# The GPU check (docs/gpu_check.md): no set-up and no .venv -- any Python with torch (PYTHON=...), offline. Without
+# CUDA it is the CPU rehearsal. OUT_DIR defaults to $$OUT or ./gpu_check_out; FASHION_MNIST=DIR adds that step.
+gpu-check:
+	bash bench/gpu_check.sh $(OUT_DIR) $(if $(FASHION_MNIST),--fashion-mnist $(FASHION_MNIST))

@@ -40,6 +40,7 @@ mkdir -p "$RESULTS" "$LOGS"
 export GPU_CHECK_RESULTS=$RESULTS GPU_CHECK_WORK=$WORK PYTHONUNBUFFERED=1
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
+TEE_PID=$!
 
 note() { "$PY" -m bench.gpu_check.common "$@"; }
 
@@ -139,4 +140,6 @@ tar -czf "$OUT_DIR/step_logs.tar.gz" -C "$WORK" logs
 "$PY" -m bench.gpu_check.summary "$RESULTS" "$OUT_DIR/gpu_check.json" "$WORK/phases" "${CHECKS[@]}"
 status=$?
 rm -rf "$WORK"
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null  # gpu_check.log is complete before OUT_DIR is collected
 exit $status

@@ -2,10 +2,11 @@
 
 torch.cuda.set_sync_debug_mode("warn") makes every synchronising CUDA call (an .item(), a .tolist(), a blocking
 copy, a GradScaler reading found_inf, ...) raise a warning; the audit catches each one with the Python stack that
-made it. Five short PEFD runs train in this process under it: trainer.amp=auto, fp16, bf16, bf16 with an EMA,
-and bf16 from a feature bank (precomputed first, outside the audit). Only syncs made inside the training loop
-(Trainer._steps) count, less the periodic work it calls (save_checkpoint; the evaluation at an epoch's end):
-set-up and checkpoint writing may wait for the device. A run FAILs the audit when, inside the loop,
+made it. Six short PEFD runs train in this process under it: trainer.amp=auto, fp16, bf16, off, bf16 with an
+EMA, and bf16 from a feature bank (precomputed first, outside the audit). Only syncs made inside the training loop
+(Trainer._steps) after its first WARMUP steps count, less the periodic work it calls (save_checkpoint; the
+evaluation at an epoch's end): set-up, warm-up and checkpoint writing may wait for the device. Every run clips
+gradients (trainer.grad_clip: clip_grad_norm_ must not read the norm). A run FAILs the audit when, in the loop,
 
 - any sync has a frame in the hot path (HOT_FILES: the step, the prefetch, the bank's reads, the online teacher,
   the EMA, the batch), however rarely; or
@@ -20,6 +21,7 @@ there): NOT CHECKED.
 
 from __future__ import annotations
 
+import sys
 import traceback
 import warnings
 from collections import Counter
@@ -38,6 +40,16 @@ LOOP = "_steps"  # Trainer._steps: the loop pekd.train runs within an epoch
 PERIODIC = ("save_checkpoint", "_end_epoch", "_evaluate_epoch")  # Trainer methods the loop calls now and then
 STEPS, SYNC_EVERY = 30, 10
 MAX_PER_SITE = STEPS // SYNC_EVERY + 1  # the periodic agreement, plus one spare
+WARMUP = 2  # steps 0 and 1 allocate, autotune cuDNN and fill the prefetch: their syncs are listed, not judged
+
+
+def _loop_step() -> int:
+    """The global step of the Trainer._steps frame on the current stack (the sync is made during that step)."""
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != LOOP:
+        frame = frame.f_back
+    trainer = frame.f_locals.get("self") if frame is not None else None
+    return int(trainer.progress.global_step) if trainer is not None else WARMUP
 
 
 def _where(frame: traceback.FrameSummary) -> str:
@@ -53,6 +65,7 @@ class SyncAudit:
         self.sites: Counter[str] = Counter()  # every sync, for the log
         self.loop: Counter[str] = Counter()  # those the training loop made itself
         self.hot: Counter[str] = Counter()  # those of the loop with a hot-path frame
+        self.warmup: Counter[str] = Counter()  # the loop's during its first WARMUP steps (reported, not judged)
 
     def _show(self, message: Any, category: Any, filename: str, lineno: int, file: Any = None,
               line: Any = None) -> None:
@@ -67,6 +80,9 @@ class SyncAudit:
         self.sites[key] += 1
         names = {f.name for f in ours}
         if LOOP not in names or names.intersection(PERIODIC):
+            return
+        if _loop_step() < WARMUP:
+            self.warmup[key] += 1
             return
         self.loop[key] += 1
         hot = [f for f in ours if any(f.filename.endswith(h) for h in HOT_FILES)]
@@ -116,11 +132,12 @@ def main() -> tuple[str, str, dict[str, Any]]:
     teacher = random_teacher(work)
     common = ["method=pefd", "teacher.name=resnet8", f"teacher.weights={teacher}", "data.batch_size=32",
               f"trainer.max_steps={STEPS if cuda else 5}", f"trainer.sync_every_steps={SYNC_EVERY}",
-              "trainer.log_every_steps=1000", f"data.workers={2 if cuda else 0}", "on_existing=overwrite"]
+              "trainer.log_every_steps=1000", f"data.workers={2 if cuda else 0}", "trainer.grad_clip=1.0",
+              "on_existing=overwrite"]
     bank = work / "bank"
     configs = {"amp auto": ["trainer.amp=auto"]}
     if cuda:
-        configs.update({"fp16": ["trainer.amp=fp16"], "bf16": ["trainer.amp=bf16"],
+        configs.update({"fp16": ["trainer.amp=fp16"], "bf16": ["trainer.amp=bf16"], "fp32": ["trainer.amp=off"],
                         "bf16 + EMA": ["trainer.amp=bf16", "trainer.ema_decay=0.999"],
                         "bank bf16": ["trainer.amp=bf16", "teacher.mode=bank", f"teacher.bank={bank}"]})
         from pekd.teacher.precompute import precompute
@@ -135,9 +152,10 @@ def main() -> tuple[str, str, dict[str, Any]]:
     for name, extra in configs.items():
         with SyncAudit() as audit:
             _train(overrides(*common, *extra, f"run_dir={work / name.replace(' ', '_').replace('+', '')}"))
-        report[name] = {"loop": dict(audit.loop), "all": dict(audit.sites)}
+        report[name] = {"loop": dict(audit.loop), "warmup": dict(audit.warmup), "all": dict(audit.sites)}
         print(f"  {name}: {sum(audit.loop.values())} syncs in the training loop: {dict(audit.loop.most_common())}; "
-              f"{sum(audit.sites.values())} in all: {dict(audit.sites.most_common())}", flush=True)
+              f"warm-up {dict(audit.warmup)}; {sum(audit.sites.values())} in all: {dict(audit.sites.most_common())}",
+              flush=True)
         if audit.verdict():
             failures[name] = audit.verdict()
     details = {"syncs": report, "failures": failures, "hot_files": HOT_FILES, "max_per_site": MAX_PER_SITE}
