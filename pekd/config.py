@@ -137,6 +137,18 @@ class TrainerConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """An optional experiment tracker beside TensorBoard and metrics.csv (pekd.engine.tracker): the same scalars,
+    rank 0 only. Compute nodes often have no network, hence offline by default: `wandb sync` from a login node."""
+
+    name: str = "none"  # none | wandb (the extra: pip install 'pekd[wandb]')
+    project: str = "pekd"
+    entity: str = ""  # W&B team or user (empty: the account's default, decided when syncing)
+    mode: str = "offline"  # offline: write the run under tracker.dir only | online: stream it (needs network)
+    dir: str = ""  # where the tracker's files go (empty: the run directory, i.e. <run_dir>/wandb/)
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -146,6 +158,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     seed: int = 0  # the training seed: initialisation, data order, per-step randomness, bank view picks
     run_dir: str = ""  # empty: runs/<name>-<hash of the config>, so the same command resumes the same run
     on_existing: str = "resume"  # resume (same config only) | overwrite | fail
@@ -172,6 +185,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.schedule": ("step", "cosine"),
     "bank.dtype": ("float16", "float32"),
     "on_existing": ("resume", "overwrite", "fail"),
+    "tracker.name": ("none", "wandb"),
+    "tracker.mode": ("offline", "online"),
 }
 
 

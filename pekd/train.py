@@ -91,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.engine.logs import setup_logging
     from pekd.engine.precision import NAMES, amp_dtype
     from pekd.engine.rundir import prepare
+    from pekd.engine.tracker import require_tracker
     from pekd.engine.trainer import Trainer
     from pekd.methods import TrainModule, build_method
     from pekd.models import build_model, load_weights
@@ -98,6 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     validate(cfg)
     require(cfg.data.pipeline)  # a missing FFCV/DALI extra is one error before any work, not a traceback later
+    require_tracker(cfg.tracker)  # likewise tracker.name=wandb without the wandb extra
     env = init_distributed(cfg.trainer.dist_timeout_s)
     run_dir = Path(str(broadcast_object(str(cfg.run_dir)))).resolve()
     cfg = cfg.copy()

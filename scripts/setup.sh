@@ -57,7 +57,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     pip --upgrade pip setuptools wheel
     # ffcv's setup.py imports numpy and needs it at build time; torch first so pip reuses the local wheel.
     pip torch torchvision numpy Cython
-    extras="dev,dali-cu13"
+    extras="dev,dali-cu13,wandb"  # wandb: tests/test_tracker.py runs the tracker offline
     if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then
         pip --no-build-isolation ffcv
         extras+=",ffcv"

@@ -3,12 +3,14 @@
 FFCV (an sdist compiled against libturbojpeg and OpenCV) and DALI (a CUDA-major-specific wheel of ~0.5 GB) are
 extras, not dependencies: most users train with the torch pipeline. A run that asks for a backend whose package
 is absent (or cannot load its shared libraries) must stop before any work with one line naming the extra, not a
-ModuleNotFoundError from deep inside a loader.
+ModuleNotFoundError from deep inside a loader. The experiment tracker (tracker.name=wandb) is an extra for the
+same reason, reported the same way.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import torch
 
@@ -28,12 +30,15 @@ def extra_for(pipeline: str) -> str:
 def require(pipeline: str) -> None:
     """Import the package data.pipeline=`pipeline` needs, or raise one PekdError naming the extra to install."""
     module = MODULES.get(pipeline)
-    if module is None:
-        return
+    if module is not None:
+        import_extra(module, extra_for(pipeline), f"data.pipeline={pipeline}", "data.pipeline=torch")
+
+
+def import_extra(module: str, extra: str, needed_by: str, instead: str) -> Any:
+    """Import `module`, which the pip extra `extra` installs, or raise one PekdError saying that `needed_by` (a
+    config setting) needs it, how to install it, and the setting `instead` that does without it."""
     try:
-        importlib.import_module(module)
+        return importlib.import_module(module)
     except ImportError as e:
-        extra = extra_for(pipeline)
-        raise PekdError(f"data.pipeline={pipeline} needs the {module} package, which cannot be imported ({e}); "
-                        f"install it with `pip install 'pekd[{extra}]'` (docs/install.md), or use "
-                        "data.pipeline=torch") from None
+        raise PekdError(f"{needed_by} needs the {module} package, which cannot be imported ({e}); install it with "
+                        f"`pip install 'pekd[{extra}]'` (docs/install.md), or use {instead}") from None

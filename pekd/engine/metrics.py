@@ -1,4 +1,5 @@
-"""What a run reports while it trains: the train meter, log lines, TensorBoard scalars and the progress bar.
+"""What a run reports while it trains: the train meter, log lines, TensorBoard scalars (also in metrics.csv and an
+optional tracker, pekd.engine.tracker) and the progress bar.
 
 The meter keeps its sums on the device: the training step never waits for the device to report a number, and
 the one read-back (an all-reduce of every sum at once) happens at a log step.
@@ -19,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pekd.engine.distributed import all_reduce_sum
 from pekd.engine.metrics_csv import MetricsCSV
 from pekd.engine.progress import Progress
+from pekd.engine.tracker import WandbTracker
 
 log = logging.getLogger("pekd")
 
@@ -77,13 +79,14 @@ class TrainMeter:
 
 
 class Metrics:
-    """Log lines on every rank (its own log file), TensorBoard events on rank 0."""
+    """Log lines on every rank (its own log file); TensorBoard events, metrics.csv and the tracker on rank 0."""
 
-    def __init__(self, run_dir: Path, is_main: bool, resumed_step: int) -> None:
+    def __init__(self, run_dir: Path, is_main: bool, resumed_step: int, tracker: WandbTracker | None = None) -> None:
         # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
         purge = resumed_step + 1 if resumed_step else None
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge) if is_main else None
         self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step) if is_main else None
+        self.tracker = tracker
 
     def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float) -> None:
         log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s", p.epoch,
@@ -99,12 +102,16 @@ class Metrics:
                 self.writer.add_scalar(tag, v, step)
         if self.csv is not None:
             self.csv.add(step, values)
+        if self.tracker is not None:
+            self.tracker.log(step, values)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.csv is not None:
             self.csv.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:

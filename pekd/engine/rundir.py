@@ -8,6 +8,7 @@ run_dir/
   student.pt      the exported student (no projectors), best.pt at the best eval accuracy
   tb/             TensorBoard events        logs/rank<r>.log   every rank's log
   lease/          <generation>.json: who owns the run now (pekd.engine.lease)
+  tracker.json    the W&B run id, wandb/ its offline folders (tracker.name=wandb, pekd.engine.tracker)
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.ma
                      "data.eval_batch_size", "data.os_cache", "run_dir", "trainer.audit_samples",
                      "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps",
                      "trainer.analyze",
-                     "trainer.lease_stale_s", "trainer.lease_wait_s"}
+                     "trainer.lease_stale_s", "trainer.lease_wait_s",
+                     # where the scalars are also sent, not what is trained: a run may start logging on resume
+                     "tracker.name", "tracker.project", "tracker.entity", "tracker.mode", "tracker.dir"}
 
 
 @cache

@@ -48,6 +48,7 @@ from pekd.engine.progress import Progress
 from pekd.engine.results import run_results, write_results
 from pekd.engine.schedule import build_scheduler, load_scheduler_state, scheduler_state
 from pekd.engine.step import GradientStep, StepResult, step_seed
+from pekd.engine.tracker import open_tracker
 from pekd.errors import PekdError
 from pekd.methods.base import TrainModule
 
@@ -201,7 +202,8 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         env, tc, p = self.env, self.tc, self.progress
-        self.metrics = Metrics(self.run_dir, env.is_main, p.global_step)
+        self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
+                               open_tracker(self.cfg, self.run_dir) if env.is_main else None)
         self.module.train()
         steps = self.train_loader.steps_per_epoch
         if steps == 0:
