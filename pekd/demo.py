@@ -61,8 +61,10 @@ def _train(overrides: list[str]) -> dict[str, Any]:
 
     cfg = compose_config(overrides)
     t0 = time.perf_counter()
-    results = run(cfg)
-    shutdown()
+    try:
+        results = run(cfg)
+    finally:
+        shutdown()
     if results["status"] != "completed":
         raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun `python -m pekd.demo` "
                         "to resume it")
