@@ -41,7 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pekd.errors import PekdError, user_errors_exit
+from pekd.errors import user_errors_exit
 
 METHODS = [  # (run folder, row name in the report, overrides): the student runs of every seed
     ("ce", "CE", ["method=ce", "teacher.mode=none"]),
@@ -55,20 +55,9 @@ CLAIMS = [("claim 1: a projector helps when d_s = d_t", "PEFD q=1>FD no projecto
 
 
 def _train(overrides: list[str]) -> dict[str, Any]:
-    """One pekd run (in a worker process of the pool, or in this one); a run that does not complete is an error."""
-    from pekd.engine.distributed import shutdown
-    from pekd.train import compose_config, run
+    from pekd.train import run_to_completion
 
-    cfg = compose_config(overrides)
-    t0 = time.perf_counter()
-    try:
-        results = run(cfg)
-    finally:
-        shutdown()
-    if results["status"] != "completed":
-        raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun `python -m pekd.demo` "
-                        "to resume it")
-    return {"run_dir": str(cfg.run_dir), "last_top1": results["last_top1"], "seconds": time.perf_counter() - t0}
+    return run_to_completion(overrides, "`python -m pekd.demo`")
 
 
 def _analyze(run_dirs: list[str]) -> None:

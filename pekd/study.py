@@ -145,19 +145,9 @@ def run_dir_of(overrides: list[str]) -> Path:
 
 
 def train(overrides: list[str]) -> dict[str, Any]:
-    """One pekd run here (in a pool worker); a run that does not complete is an error."""
-    from pekd.engine.distributed import shutdown
-    from pekd.train import compose_config, run
+    from pekd.train import run_to_completion
 
-    cfg = compose_config(overrides)
-    t0 = time.perf_counter()
-    try:
-        results = run(cfg)
-    finally:
-        shutdown()
-    if results["status"] != "completed":
-        raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun the study to resume it")
-    return {"run_dir": str(cfg.run_dir), "last_top1": results["last_top1"], "seconds": time.perf_counter() - t0}
+    return run_to_completion(overrides, "the study (`python -m pekd.study` with the same options)")
 
 
 def train_and_analyze(overrides: list[str]) -> dict[str, Any]:

@@ -182,6 +182,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             lease.release()
 
 
+def run_to_completion(overrides: list[str], rerun: str = "the same command") -> dict[str, Any]:
+    """One run in this process for drivers that run many (pekd.demo, pekd.study; also in their pool workers):
+    a run that stops before completing (a signal) is an error telling the user what to rerun to resume it."""
+    import time
+
+    from pekd.engine.distributed import shutdown
+
+    cfg = compose_config(overrides)
+    t0 = time.perf_counter()
+    try:
+        results = run(cfg)
+    finally:
+        shutdown()
+    if results["status"] != "completed":
+        raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun {rerun} to resume it")
+    return {"run_dir": str(cfg.run_dir), "last_top1": results["last_top1"], "seconds": time.perf_counter() - t0}
+
+
 def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model: Any,
                    load_weights: Any) -> tuple[Any, int | None]:
     tcfg = cfg.teacher
