@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config dataset-fashion-mnist
-              slurmctld slurmd slurm-client munge)
+              slurmctld slurmd slurm-client munge nftables)
 missing=()
 if command -v dpkg >/dev/null; then
     for p in "${APT_PACKAGES[@]}"; do

@@ -8,7 +8,9 @@ cluster and a test session's can run side by side and `stop` leaves nothing behi
 
 Fake nodes are named 127.0.0.1, 127.0.0.2, ...: Linux answers on the whole 127/8 block, so each name
 resolves on its own and torch's rendezvous (MASTER_ADDR = first node of SLURM_JOB_NODELIST) needs no hosts
-entries.
+entries. With `--netns` (netns=True) each slurmd runs in a network namespace of its own instead, with its own
+address and name (slurm/netns.py), so that jobs' traffic between nodes crosses a real network boundary that can
+be cut or slowed.
 
 There is no slurmdbd (it needs MySQL), so `sacct` would fail and submitit could not see job states. Instead
 job ends go to a jobcomp text file, and DIR/bin/sacct - first on PATH in `LocalCluster.env()` - answers
@@ -30,6 +32,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+
+try:
+    from slurm.netns import ClusterNet, NetnsError
+except ImportError:  # run as a script (`python slurm/local_cluster.py`, the sacct stand-in): slurm/ is on sys.path
+    from netns import ClusterNet, NetnsError  # type: ignore[no-redef]
 
 TEMPLATE = Path(__file__).with_name("slurm.conf.template")
 SBIN = os.pathsep.join(("/usr/sbin", "/usr/bin", "/sbin", "/bin"))
@@ -56,6 +63,8 @@ class LocalCluster:
     cpus: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
     partition: str = "debug"
     cred_expire_s: int = 5
+    # Each slurmd in a network namespace of its own (slurm/netns.py): node traffic crosses veths and a bridge.
+    netns: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir).resolve())
@@ -66,7 +75,14 @@ class LocalCluster:
 
     @property
     def node_names(self) -> list[str]:
+        if self.netns:
+            return [n.name for n in self.net.nodes]
         return [f"127.0.0.{i + 1}" for i in range(self.nodes)]
+
+    @property
+    def net(self) -> ClusterNet:
+        """The namespaces, cables and addresses of a cluster started with netns=True."""
+        return ClusterNet.for_dir(self.dir, self.nodes)
 
     @property
     def munge_socket(self) -> Path:
@@ -113,6 +129,11 @@ class LocalCluster:
         (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "run").chmod(0o755)
         (self.dir / "munge").chmod(0o700)
+        if self.netns:
+            try:
+                self.net.create()
+            except NetnsError as e:
+                raise ClusterError(str(e)) from e
         self._start_munged()
         self._write_conf()
         self._write_sacct_wrapper()
@@ -120,7 +141,8 @@ class LocalCluster:
         conf = str(self.conf)
         _spawn(["slurmctld", "-i", "-f", conf], daemon_env, self.dir)
         for node in self.node_names:
-            _spawn(["slurmd", "-f", conf, "-N", node], daemon_env, self.dir)
+            inside = [*self.net.exec_prefix(node), _which("slurmd") or "slurmd"] if self.netns else ["slurmd"]
+            _spawn([*inside, "-f", conf, "-N", node], daemon_env, self.dir)
         self._wait_for_nodes()
 
     def stop(self) -> None:
@@ -137,6 +159,8 @@ class LocalCluster:
             if pid is not None:
                 _terminate(pid, name)
             (self.dir / "run" / f"{name}.pid").unlink(missing_ok=True)
+        if self.netns:  # after the daemons and jobs: a namespace lives on while a process runs in it
+            self.net.destroy()
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -194,14 +218,16 @@ class LocalCluster:
         """Render slurm.conf with fresh free ports (a restarted cluster must not trip over a busy one)."""
         ports = _free_ports(1 + self.nodes)
         memory_mb = _memory_mb()
+        addrs = [n.addr for n in self.net.nodes] if self.netns else self.node_names
         node_lines = "\n".join(
-            f"NodeName={name} NodeAddr={name} NodeHostname={socket.gethostname()} Port={port} "
+            f"NodeName={name} NodeAddr={addr} NodeHostname={socket.gethostname()} Port={port} "
             f"CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN"
-            for name, port in zip(self.node_names, ports[1:], strict=True)
+            for name, addr, port in zip(self.node_names, addrs, ports[1:], strict=True)
         )
         text = Template(TEMPLATE.read_text()).substitute(
             dir=self.dir,
             host=socket.gethostname().split(".")[0],
+            ctld_addr=self.net.gateway if self.netns else "127.0.0.1",
             ctld_port=ports[0],
             munge_socket=self.munge_socket,
             cred_expire=self.cred_expire_s,
@@ -406,8 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1, help="fake nodes, one slurmd each")
     parser.add_argument("--cpus", type=int, default=max(2, os.cpu_count() or 1), help="CPUs per node")
     parser.add_argument("--partition", default="debug")
+    parser.add_argument("--netns", action="store_true",
+                        help="each slurmd in a network namespace of its own (root; give it to stop as well)")
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.dir, nodes=args.nodes, cpus=args.cpus, partition=args.partition)
+    cluster = LocalCluster(args.dir, nodes=args.nodes, cpus=args.cpus, partition=args.partition, netns=args.netns)
     try:
         if args.action == "start":
             cluster.start()
