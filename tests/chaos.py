@@ -69,12 +69,20 @@ def audit_steps(run_dir: Path) -> list[tuple[int, int, tuple[int, ...]]]:
     return out
 
 
-def last_step(run_dir: Path) -> int:
-    """The newest global step the audit shows (-1: none yet); cheap enough to poll (reads the file's tail)."""
+def audit_size(run_dir: Path) -> int:
+    try:
+        return (run_dir / "logs" / "samples-rank0.txt").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def last_step(run_dir: Path, since: int = 0) -> int:
+    """The newest global step the audit shows in what was written after byte `since` (-1: none yet), so a restarted
+    trainer's progress is not read from its predecessor's lines; cheap enough to poll (reads the file's tail)."""
     path = run_dir / "logs" / "samples-rank0.txt"
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            f.seek(max(since, os.fstat(f.fileno()).st_size - 4096))
             lines = f.read().split(b"\n")[:-1]
     except FileNotFoundError:
         return -1
@@ -119,10 +127,13 @@ def chaos(run_dir: Path, epochs: int, kinds: list[str], rng: random.Random, figu
     assert slot >= 1, f"{len(kinds)} interruptions do not fit in {total} steps; train more epochs"
     t0 = time.monotonic()
     for i, kind in enumerate(kinds):
-        before = max(last_step(run_dir), 0)
-        target = rng.randint(before + 1, max(before + 1, int((i + 1) * slot)))
+        # the restart resumes after its newest checkpoint: the target lies beyond that, in this interruption's slot
+        # and before the last step (a run that reaches its end completes and cannot be interrupted any more)
+        before = max(newest_verified_step(run_dir), 0)
+        target = min(rng.randint(before + 1, max(before + 1, int((i + 1) * slot))), total - 1)
+        since = audit_size(run_dir)
         [proc] = start(recipe(run_dir, epochs))
-        until(lambda t=target: last_step(run_dir) >= t, f"step {target} before the {kind}", procs=[proc])
+        until(lambda t=target, b=since: last_step(run_dir, b) >= t, f"step {target} before the {kind}", procs=[proc])
         newest_before = newest_verified_step(run_dir)
         interrupt(proc, kind, run_dir, figures)
         figures.interruptions[kind] += 1
