@@ -31,13 +31,14 @@ from pekd.errors import PekdError
 from tests.train_helpers import TINY, Child, start, until, wait
 
 KINDS = ("usr2", "term", "kill", "kill_mid_checkpoint")
+CKPT_EVERY = 5  # trainer.ckpt_every_steps of the recipe
 STEPS_PER_EPOCH = 44  # digits: 1437 training images, batch 32, drop_last
 
 
 def recipe(run_dir: Path, epochs: int) -> list[str]:
     """The chaos recipe: plain CE on digits, a checkpoint every 5 steps, the sample audit on."""
     return TINY + ["method=ce", "teacher=none", f"trainer.epochs={epochs}", "trainer.milestones=[100]",
-                   "trainer.ckpt_every_steps=5", "trainer.audit_samples=true", "trainer.sync_every_steps=1",
+                   f"trainer.ckpt_every_steps={CKPT_EVERY}", "trainer.audit_samples=true", "trainer.sync_every_steps=1",
                    f"run_dir={run_dir}"]
 
 
@@ -103,8 +104,11 @@ def newest_verified_step(run_dir: Path) -> int:
     return newest
 
 
-def interrupt(proc: Child, kind: str, run_dir: Path, figures: Figures) -> None:
-    """Deliver one interruption to a running trainer and wait for it to end the way that kind must."""
+def interrupt(proc: Child, kind: str, run_dir: Path, figures: Figures, since: int = 0, give_up_step: int = 1 << 30
+              ) -> None:
+    """Deliver one interruption to a running trainer and wait for it to end the way that kind must. A kill inside a
+    checkpoint write waits for a temp file only until the trainer reaches `give_up_step` (in the audit written after
+    byte `since`): then it is a plain SIGKILL, so a missed write never lets the run train on to its end."""
     if kind in ("usr2", "term"):
         os.kill(proc.pid, signal.SIGUSR2 if kind == "usr2" else signal.SIGTERM)
         [(rc, err)] = wait([proc], timeout=300)
@@ -112,7 +116,7 @@ def interrupt(proc: Child, kind: str, run_dir: Path, figures: Figures) -> None:
         return
     if kind == "kill_mid_checkpoint":
         folder, deadline = run_dir / "checkpoints", time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None and last_step(run_dir, since) < give_up_step:
             if any(".tmp-" in name for name in os.listdir(folder)):
                 figures.mid_write_hits += 1
                 break
@@ -135,7 +139,7 @@ def chaos(run_dir: Path, epochs: int, kinds: list[str], rng: random.Random, figu
         [proc] = start(recipe(run_dir, epochs))
         until(lambda t=target, b=since: last_step(run_dir, b) >= t, f"step {target} before the {kind}", procs=[proc])
         newest_before = newest_verified_step(run_dir)
-        interrupt(proc, kind, run_dir, figures)
+        interrupt(proc, kind, run_dir, figures, since, min(target + 2 * CKPT_EVERY, total - 1))
         figures.interruptions[kind] += 1
         reached = last_step(run_dir)
         newest = newest_verified_step(run_dir)
