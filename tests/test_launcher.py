@@ -114,18 +114,18 @@ def test_preempted_two_task_run_resumes_and_matches_uninterrupted(
     assert all(torch.equal(final_ref[k], final_pre[k]) for k in final_ref)
 
 
-@pytest.mark.timeout(900)  # its own wait for the job is 600 s: several 1-minute starts on a loaded machine
+@pytest.mark.timeout(900)  # its own wait for the job is 800 s: several 1-minute starts on a loaded machine
 def test_time_limit_shorter_than_run_requeues_until_done(
     slurm_env: LocalCluster, tmp_path: Path, tiny: list[str]  # noqa: F811
 ) -> None:
     # slurmctld checks limits every 30 s and sends the warning signal once the time left is under the delay
     # plus 30 s: with a one-minute limit and a 5 s delay, USR2 lands 25-55 s into each start (after the
-    # trainer is up) and the kill would come one check later. 60 epochs of digits are >= 60 s of training even on
-    # a fast, idle machine, so at least two starts are needed; a loaded machine just needs more of them.
+    # trainer is up) and the kill would come one check later. 150 epochs of digits are about 100 s of training on
+    # a fast, idle machine (60 took 39 s), so at least two starts are needed; a loaded machine needs more of them.
     run_dir = tmp_path / "run"
     args = [*_cpu_args(slurm_env, tmp_path, nodes=1, minutes=1), "--signal-delay", "5"]
-    [job] = submit.main([*args, *tiny, "trainer.epochs=60", f"run_dir={run_dir}"])
-    assert _finish(job, timeout_s=600) == "COMPLETED"
+    [job] = submit.main([*args, *tiny, "trainer.epochs=150", f"run_dir={run_dir}"])
+    assert _finish(job, timeout_s=800) == "COMPLETED"
     log = _log(run_dir)
     assert "received SIGUSR2" in log and "resumed from" in log
     assert '"status": "completed"' in (run_dir / "results.json").read_text()
@@ -343,14 +343,16 @@ def test_a_failure_of_rank_1_ends_the_job_at_once_and_requeues_it(
 def test_a_user_error_on_every_rank_fails_the_job_without_a_requeue(
     slurm_env: LocalCluster, tmp_path: Path  # noqa: F811
 ) -> None:
+    # a weights file that exists (so the checks before the queue pass) but fits no resnet8: every rank's start fails
     run_dir = tmp_path / "run"
-    missing = tmp_path / "no-such-weights.pt"
+    alien = tmp_path / "alien-weights.pt"
+    torch.save({"bogus.weight": torch.zeros(3)}, alien)
     [job] = submit.main([*_cpu_args(slurm_env, tmp_path), *TINY, "method=ce", "teacher=none",
-                         f"model.weights={missing}", f"run_dir={run_dir}"])
+                         f"model.weights={alien}", f"run_dir={run_dir}"])
     assert _finish(job) == "FAILED"
     assert _restarts(slurm_env, job.job_id) == 0
     stderr = job.paths.stderr.read_text()  # task 0's, where the batch script also writes
-    assert f"checkpoint {missing} not found; check the weights path" in stderr
+    assert f"checkpoint {alien} does not fit model resnet8" in stderr, stderr[-3000:]
     assert "requeueing" not in stderr and "crashed" not in stderr
     assert not (tmp_path / "submitit" / job.job_id / FAILURES_FILE).exists()  # not counted as a crash
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,12 @@ class TrainMeter:
 class Metrics:
     """Log lines on every rank (its own log file); TensorBoard events, metrics.csv and the tracker on rank 0."""
 
-    def __init__(self, run_dir: Path, is_main: bool, resumed_step: int, tracker: WandbTracker | None = None) -> None:
+    def __init__(self, run_dir: Path, is_main: bool, resumed_step: int, tracker: WandbTracker | None = None,
+                 check: Callable[[], None] | None = None) -> None:
         # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
+        # `check` raises when this process no longer owns the run (its lease was taken over): metrics.csv is one
+        # file per run, so an old instance appending to it would interleave rows with the new owner's.
+        self.check = check
         purge = resumed_step + 1 if resumed_step else None
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge) if is_main else None
         self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step) if is_main else None
@@ -97,6 +102,8 @@ class Metrics:
                                      "train/images_per_s": stats.images_per_s})
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.check is not None:
+            self.check()
         if self.writer is not None:
             for tag, v in values.items():
                 self.writer.add_scalar(tag, v, step)

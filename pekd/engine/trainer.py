@@ -202,8 +202,10 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         env, tc, p = self.env, self.tc, self.progress
+        lease = self.lease
         self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
-                               open_tracker(self.cfg, self.run_dir) if env.is_main else None)
+                               open_tracker(self.cfg, self.run_dir) if env.is_main else None,
+                               None if lease is None else lambda: lease.check("its metrics (metrics.csv, tb/)"))
         self.module.train()
         steps = self.train_loader.steps_per_epoch
         if steps == 0:
