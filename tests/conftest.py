@@ -3,6 +3,7 @@ keep their child processes off a GPU."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -37,3 +38,18 @@ def _kill_children() -> Iterator[None]:
     yield
     while LIVE:
         LIVE.pop().kill_group()
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_SESSION_DISPOSITIONS = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+
+
+@pytest.fixture(autouse=True)
+def _stop_signal_dispositions() -> Iterator[None]:
+    """An in-process run that was stopped leaves SIGTERM/SIGUSR2 ignored (pekd.engine.preemption: a repeated signal
+    must not kill the checkpointed process). Ignored dispositions are inherited across exec, so every later child
+    of this pytest process would ignore SIGTERM too (found when the toy study's SIGTERM did nothing in the full
+    suite): restore the session's dispositions after each test."""
+    yield
+    for s, handler in _SESSION_DISPOSITIONS.items():
+        signal.signal(s, handler)
