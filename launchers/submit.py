@@ -32,6 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import Config
+from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
 from pekd.launch_guard import drop_busy
 from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, ScriptPreview, gres_gpus, site_parameters, slurm_minutes, time_limit
@@ -343,14 +344,6 @@ def write_launch_record(folder: Path, job_ids: list[str], runs: list[PlannedRun]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
-
-
-def completed(run_dir: Path) -> bool:
-    """A run whose results.json says it finished: resubmitting a sweep must not queue its finished points again."""
-    try:
-        return json.loads((run_dir / "results.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
 
 
 def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, argv: list[str],

@@ -27,7 +27,6 @@ precision keeps every point comparable. The sizes come from a pilot on another d
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
 
 # (run folder, row name in the report, overrides) of every student method the study can train
@@ -131,13 +131,6 @@ def student_overrides(args: argparse.Namespace, method: str, subset: int, seed: 
 def steps(subset: int, epochs: int, batch: int = 64) -> int:
     """Optimizer steps of one student run (the loader drops the last incomplete batch)."""
     return subset // batch * epochs
-
-
-def completed(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "results.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
 
 
 def run_dir_of(overrides: list[str]) -> Path:
