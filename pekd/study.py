@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="Rerun the same command to resume; finished runs are skipped.")
     ap.add_argument("--out", type=Path, default=Path("runs/study"), help="folder for every run of the study")
-    ap.add_argument("--subsets", default="500,2000,8000,32000",
+    ap.add_argument("--subsets", default="500,2000,7000,27000",
                     help="training budgets: images drawn from the 60,000 (comma list), each for --epochs")
     ap.add_argument("--epochs", type=int, default=24, help="epochs per student run at every budget")
     ap.add_argument("--methods", default="ce,fd,pefd_q1,pefd_q3", help=f"comma list of {', '.join(METHODS)}")
@@ -99,9 +99,9 @@ def teacher_export(args: argparse.Namespace) -> Path:
 
 
 def teacher_overrides(args: argparse.Namespace) -> list[str]:
-    """resnet20 on all 60,000 images for 30 epochs: batch 128, lr 0.1 x0.1 at 18 and 26, wd 5e-4, 2 threads."""
+    """resnet20 on all 60,000 images for 20 epochs: batch 128, lr 0.1 x0.1 at 12 and 17, wd 5e-4, 2 threads."""
     return [*common(args), f"model.name={TEACHER}", "method=ce", "data.subset=0", "data.batch_size=128",
-            "trainer.epochs=30", "trainer.lr=0.1", "trainer.milestones=[18,26]", "trainer.eval_every_epochs=5",
+            "trainer.epochs=20", "trainer.lr=0.1", "trainer.milestones=[12,17]", "trainer.eval_every_epochs=5",
             "trainer.threads=2", "trainer.log_every_steps=100",
             "seed=0", f"run_dir={args.out.resolve() / 'teacher'}", "name=study_teacher"]
 
@@ -184,7 +184,7 @@ def phase_teacher(args: argparse.Namespace) -> bool:
     if teacher_export(args).exists():
         return True
     overrides = teacher_overrides(args)
-    print(f"== teacher {TEACHER} on every {args.data} training image, 30 epochs", flush=True)
+    print(f"== teacher {TEACHER} on every {args.data} training image, 20 epochs", flush=True)
     if args.launcher == "slurm":
         submit(args, [overrides])
         return False
