@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     flagged = [r for r in runs if r.status != "completed"]
     out = (args.out or args.root).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    root = args.root.resolve()
-    text = markdown(root, pts, keys, flagged, args.test)
+    text = markdown(args.root, pts, keys, flagged, args.test)  # the root as typed: no machine's absolute path
     (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps(report_json(root, pts, keys, flagged, args.test), indent=1) + "\n")
+    summary = report_json(args.root.resolve(), pts, keys, flagged, args.test)
+    (out / "report.json").write_text(json.dumps({**summary, "root": str(args.root)}, indent=1) + "\n")
     (out / "report.csv").write_text(report_csv(pts, keys))
     if keys:
         plot_along(pts, keys, out / "report.png")

@@ -27,6 +27,9 @@ def report_json(root: Path, pts: list[Point], keys: list[str], flagged: list[Run
     def along(p: Point) -> dict[str, Any]:
         return {"along": p.values} if keys else {}
 
+    def where(r: Run) -> str:  # relative to the root, so a report moved or committed with its runs still points at them
+        return str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path)
+
     return {
         "root": str(root),
         "along": keys,
@@ -34,12 +37,12 @@ def report_json(root: Path, pts: list[Point], keys: list[str], flagged: list[Run
                 "comparisons with a p" + (" at every value" if keys else "") + "; p_perm and p_ttest are both given",
         "rows": [{"label": row.label, **along(p), "paper_top1": row.paper(),
                   "config": {k: v for k, v in row.runs[0].config.items() if k not in NOT_EXPERIMENT},
-                  "runs": [{"path": str(r.path), "seed": r.config.get("seed"), "status": r.status,
+                  "runs": [{"path": where(r), "seed": r.config.get("seed"), "status": r.status,
                             **{m: r.value(m) for m in METRICS}} for r in row.runs],
                   **{m: stats.summary(row.values(m)) for m in METRICS}} for p in pts for row in p.rows],
         "comparisons": [c for p in pts for c in p.comparisons],
         "mechanism": [{**m, **along(p)} for p in pts for m in p.mechanism],
-        "flagged": [{"path": str(r.path), "status": r.status, "error": r.results.get("error")} for r in flagged],
+        "flagged": [{"path": where(r), "status": r.status, "error": r.results.get("error")} for r in flagged],
     }
 
 

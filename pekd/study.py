@@ -27,7 +27,9 @@ precision keeps every point comparable. The sizes come from a pilot on another d
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--submit-args", default="", help="slurm: options for launchers/submit.py, e.g. "
                     "'--partition gpu --time 120'")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (runs, steps) and exit")
+    ap.add_argument("--export", type=Path, metavar="DIR",
+                    help="copy what the report reads of every completed run to DIR/runs, report there, and exit")
     args = ap.parse_args(argv)
     args.subsets = [int(s) for s in args.subsets.split(",")]
     args.methods = args.methods.split(",")
@@ -225,14 +229,46 @@ def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
     return True
 
 
+def report_options(methods: list[str]) -> list[str]:
+    """`pekd.report` options of the study's report: the claims among `methods`, along the budget. Decided by the
+    paired t-test, fixed before any result: Holm across (budgets x claims) comparisons needs p far below the exact
+    sign-flip test's floor at 5 seeds (2/32); the report prints the exact p beside it."""
+    names = [METHODS[k][0] for k in methods]
+    compare = [a for c in CLAIMS if all(m in names for m in c.split(">")) for a in ("--compare", c)]
+    return ["--along", "data.subset", *compare, "--test", "t"]
+
+
 def report(args: argparse.Namespace) -> None:
     from pekd.report import main as report_main
 
-    compare = [a for c in CLAIMS if all(m in [METHODS[k][0] for k in args.methods] for m in c.split(">"))
-               for a in ("--compare", c)]
-    # decided by the paired t-test, fixed before any result: Holm across (budgets x claims) comparisons needs p far
-    # below the exact sign-flip test's floor at 5 seeds (2/32); the report prints the exact p beside it
-    report_main([str(args.out), "--along", "data.subset", *compare, "--test", "t"])
+    report_main([str(args.out), *report_options(args.methods)])
+
+
+# what pekd.report reads of a run: enough to reproduce the study's report without its checkpoints
+REPORTED_FILES = ("config.yaml", "results.json", "analysis.json")
+
+
+def export(args: argparse.Namespace, runs: list[list[str]], dest: Path) -> None:
+    """Copy the report's inputs of the teacher and every completed student run to dest/runs (a few KB a run, for
+    committing), the study's options to dest/study.json, and report from the copy into dest: `pekd.report dest/runs
+    --out dest` with the study's report options then reproduces it (tests/test_study_committed.py)."""
+    from pekd.report import main as report_main
+
+    dirs = [args.out / "teacher", *(run_dir_of(r) for r in runs)]
+    copied = 0
+    for d in (d for d in dirs if completed(d)):
+        target = dest / "runs" / d.relative_to(args.out)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in REPORTED_FILES:
+            if (d / name).is_file():
+                shutil.copyfile(d / name, target / name)
+        copied += 1
+    if not copied:
+        raise PekdError(f"no completed runs under {str(args.out)!r} to export; run the study first")
+    plan_of = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "export"}
+    (dest / "study.json").write_text(json.dumps({**plan_of, "exported_runs": copied}, indent=1) + "\n")
+    print(f"exported {copied} completed runs to {dest / 'runs'}", flush=True)
+    report_main([str(dest / "runs"), "--out", str(dest), *report_options(args.methods)])
 
 
 @user_errors_exit
@@ -242,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args)
     print_plan(args, runs)
     if args.dry_run:
+        return
+    if args.export:
+        export(args, runs, args.export)
         return
     start = time.perf_counter()
     if not phase_teacher(args):

@@ -1,0 +1,26 @@
+"""The committed study reproduces: `pekd.report` over the committed run files (`python -m pekd.study --export`)
+prints the committed numbers, so docs/study's figures are what the runs say and nothing edited by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pekd.report import main as report_main
+from pekd.study import report_options
+from tests.train_helpers import REPO
+
+STUDIES = [REPO / "docs" / "study", REPO / "docs" / "study" / "pilot"]
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: str(p.relative_to(REPO)))
+def test_committed_report_reproduces(study: Path, tmp_path: Path) -> None:
+    assert (study / "runs").is_dir(), f"{study} has no committed runs"
+    methods = json.loads((study / "study.json").read_text())["methods"]
+    report_main([str(study / "runs"), "--out", str(tmp_path), *report_options(methods)])
+    assert (tmp_path / "report.csv").read_text() == (study / "report.csv").read_text()
+    again, committed = (json.loads((d / "report.json").read_text()) for d in (tmp_path, study))
+    assert {**again, "root": None} == {**committed, "root": None}
+    assert again["comparisons"], "the committed study compares nothing"
