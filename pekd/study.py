@@ -220,8 +220,11 @@ def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
 
             analyze([str(run_dir_of(r)) for r in todo if completed(run_dir_of(r))] + ["--quiet"])
         return not untrained
-    print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (longest first)", flush=True)
-    todo.sort(key=lambda r: -int(next(o for o in r if o.startswith("data.subset=")).split("=")[1]))
+    # smallest budget first: each point of the curve is complete as early as possible (a study stopped part-way
+    # reports whole budgets), and a budget's runs are all the same length, so the order costs no balance
+    print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (smallest budget first)",
+          flush=True)
+    todo.sort(key=lambda r: int(next(o for o in r if o.startswith("data.subset=")).split("=")[1]))
     with ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         for r in pool.map(train_and_analyze, todo):
             top1 = "" if r["last_top1"] is None else f": top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)"
