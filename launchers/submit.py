@@ -155,7 +155,7 @@ def gpu_requirement(cfg: DictConfig) -> str | None:
 
 def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Refuse, before submitting, what the job would refuse after waiting in the queue."""
-    from pekd.engine.rundir import config_differences
+    from pekd.engine.rundir import config_differences, read_run_config
 
     if not (run_dir.is_dir() and any(run_dir.iterdir())) or cfg.on_existing == "overwrite":
         return
@@ -165,9 +165,9 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     if not old_file.is_file():
         raise PekdError(f"run directory {str(run_dir)!r} is not empty and holds no pekd run (no config.yaml); "
                         "choose another run_dir or on_existing=overwrite")
-    old = OmegaConf.to_container(OmegaConf.load(old_file), resolve=False)
+    old = read_run_config(old_file, "restore it, or choose another run_dir or on_existing=overwrite")
     new = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(old, dict) and isinstance(new, dict)
+    assert isinstance(new, dict)
     diff = config_differences(old, new)
     if diff:
         raise PekdError(f"run directory {str(run_dir)!r} holds a run of another config (differs in "

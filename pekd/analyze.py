@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pekd.diagnostics import KEYS, Meters, Models, TeacherOutputs, observe, results
+from pekd.engine.rundir import read_run_config
 from pekd.errors import PekdError, user_errors_exit
 
 WEIGHTS = ("student.pt", "best.pt")
@@ -39,8 +40,7 @@ def check_run(run_dir: Path, weights: str) -> DictConfig:
     if not cfg_file.is_file():
         raise PekdError(f"{str(run_dir)!r} has no config.yaml, so it is not a pekd run directory; pass the folder "
                         "`python -m pekd.train` wrote (run_dir=...)")
-    cfg = OmegaConf.load(cfg_file)
-    assert isinstance(cfg, DictConfig)
+    cfg = OmegaConf.create(read_run_config(cfg_file, "restore it from the run's backup, or retrain the run"))
     if "split_seed" not in cfg.data:
         if cfg.data.subset or cfg.data.val_subset:
             raise PekdError(f"{str(cfg_file)!r} predates data.split_seed: its subsets were drawn with seed="

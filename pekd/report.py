@@ -18,10 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from pekd import stats
-from pekd.engine.rundir import flatten
+from pekd.engine.rundir import flatten, read_run_config
 from pekd.errors import PekdError, user_errors_exit
 from pekd.report_along import points
 from pekd.report_csv import report_csv, report_json
@@ -45,7 +43,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _load_run(path: Path) -> Run:
     cfg_file, res_file, ana_file = path / "config.yaml", path / "results.json", path / "analysis.json"
-    config = flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
+    fix = "restore or move that run directory and report again"
+    config = flatten(read_run_config(cfg_file, fix)) if cfg_file.is_file() else {}
     analysis = _read_json(ana_file) if ana_file.is_file() else {}
     if res_file.is_file():
         results = _read_json(res_file)

@@ -212,3 +212,17 @@ def test_a_damaged_file_of_the_run_directory_is_one_error_naming_it(name: str, f
         kept = ("checkpoints", "results.json", "best.pt", "student.pt")
         assert {k: v for k, v in snapshot(run_dir).items() if k.startswith(kept)} == \
             {k: v for k, v in before.items() if k.startswith(kept)}
+
+
+@pytest.mark.parametrize("reader", ["pekd.report", "pekd.analyze"])
+def test_readers_of_a_run_directory_name_its_damaged_config(reader: str, finished: Path, tmp_path: Path) -> None:
+    """pekd.report and pekd.analyze read config.yaml of finished runs: a damaged one is one error line naming the
+    file (as a resumed run says), not a YAML traceback, and nothing in the run changes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / "config.yaml").write_bytes(DAMAGED["config_yaml_garbage"][1])
+    before = snapshot(run_dir)
+    proc = subprocess.run([sys.executable, "-m", reader, str(run_dir)], capture_output=True, text=True, cwd=REPO,
+                          env=env_for(0, 1, 0), timeout=300)
+    assert_one_error_line(proc.returncode, proc.stderr, str(run_dir / "config.yaml"))
+    assert snapshot(run_dir) == before

@@ -149,6 +149,19 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
     return bool(existing), lease
 
 
+def read_run_config(cfg_file: Path, fix: str) -> dict[str, Any]:
+    """A run's config.yaml as a plain mapping (unresolved), or one error line naming the damaged file and `fix`:
+    every reader of run directories (resume, submit, report, analyze) says the same thing about a damaged one."""
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as e:
+        why = " ".join(str(e).split())[:200]
+        raise PekdError(f"{str(cfg_file)!r} cannot be read ({type(e).__name__}: {why}); {fix}") from None
+    if not isinstance(cfg, dict):
+        raise PekdError(f"{str(cfg_file)!r} is not a pekd config (a YAML {type(cfg).__name__}, not a mapping); {fix}")
+    return cfg
+
+
 def _check_same_config(run_dir: Path, new: dict[str, Any]) -> None:
     """Refuse resuming a run directory that is not a pekd run, whose config.yaml cannot be read, or that was made
     for another config (reads only)."""
@@ -156,15 +169,8 @@ def _check_same_config(run_dir: Path, new: dict[str, Any]) -> None:
     if not cfg_file.is_file():
         raise PekdError(f"run directory {str(run_dir)!r} is not empty and has no config.yaml (not a pekd "
                         "run); choose another run_dir or on_existing=overwrite (moves it aside)")
-    try:
-        old = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
-    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as e:
-        why = " ".join(str(e).split())[:200]
-        raise PekdError(f"{str(cfg_file)!r} cannot be read ({type(e).__name__}: {why}); restore it, or run with "
-                        "on_existing=overwrite to move the old run aside and start afresh") from None
-    if not isinstance(old, dict):
-        raise PekdError(f"{str(cfg_file)!r} is not a pekd config (a YAML {type(old).__name__}, not a mapping); "
-                        "restore it, or run with on_existing=overwrite to move the old run aside and start afresh")
+    old = read_run_config(cfg_file, "restore it, or run with on_existing=overwrite to move the old run aside and "
+                                    "start afresh")
     diff = config_differences(old, new)
     if diff:
         shown = ", ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(new).get(k)!r}" for k in diff[:3])
