@@ -34,14 +34,13 @@ measurable): teacher 66 + bank 16 + 35 student runs 434 + the teacher's test out
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pekd.errors import user_errors_exit
+from pekd.side_by_side import SideBySide
 
 METHODS = [  # (run folder, row name in the report, overrides): the student runs of every seed
     ("ce", "CE", ["method=ce", "teacher.mode=none"]),
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"== {len(jobs)} student runs ({len(METHODS)} methods x {args.seeds} seeds, {args.student_subset} images, "
           f"{args.student_epochs} epochs), {args.processes} at a time", flush=True)
     run_dirs = []
-    with ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with SideBySide(args.processes, "`python -m pekd.demo` with the same options") as pool:
         for r in pool.map(_train, jobs):
             print(f"   {Path(r['run_dir']).relative_to(out)}: top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)",
                   flush=True)

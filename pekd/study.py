@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
+from pekd.side_by_side import SideBySide
 
 # (run folder, row name in the report, overrides) of every student method the study can train
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -225,7 +224,7 @@ def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
     print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (smallest budget first)",
           flush=True)
     todo.sort(key=lambda r: int(next(o for o in r if o.startswith("data.subset=")).split("=")[1]))
-    with ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with SideBySide(args.processes, "the study (`python -m pekd.study` with the same options)") as pool:
         for r in pool.map(train_and_analyze, todo):
             top1 = "" if r["last_top1"] is None else f": top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)"
             print(f"   {Path(r['run_dir']).relative_to(args.out.resolve())}{top1}", flush=True)

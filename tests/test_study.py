@@ -23,6 +23,19 @@ def study_command(out: Path) -> list[str]:
             "--epochs", "3", "--seeds", "2", "--methods", "fd,pefd_q1", "--processes", "2"]
 
 
+def in_session(sid: int) -> list[int]:
+    """Pids of the live processes in session sid (the study was started as its session's leader)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def test_toy_study_stops_resumes_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "study"
     log = (tmp_path / "first.log").open("w")
@@ -34,8 +47,11 @@ def test_toy_study_stops_resumes_and_reports(tmp_path: Path) -> None:
                and time.monotonic() < deadline):
             time.sleep(0.2)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(first.pid, signal.SIGTERM)  # what SLURM and a shell's kill send: the runs checkpoint and stop
+        # a shell's `kill PID`: the driver alone; it forwards the stop, the runs checkpoint, and nothing stays behind
+        os.kill(first.pid, signal.SIGTERM)
         first.wait(timeout=300)
+        assert first.returncode == 3, (tmp_path / "first.log").read_text()[-3000:]
+        assert not in_session(first.pid), "workers of the stopped study are still running"
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

@@ -1,0 +1,104 @@
+"""Runs side by side in spawned worker processes that stop together, for the drivers of many runs (pekd.demo,
+pekd.study).
+
+A stop signal (SIGTERM from a shell's kill, SLURM or a container runtime; SIGUSR2) must end a driver the way it
+ends one run: every run in flight checkpoints at its step boundary and stops, no queued run starts, and the driver
+exits with status 3 and says what to rerun. A bare ProcessPoolExecutor does neither: the driver dies at once (the
+signal's default action) while its workers go on taking the runs already queued for them with nobody left to
+collect the results, and a driver started again finds those runs' leases taken. Here the driver and each worker
+only record a signal (no I/O in a handler, as in pekd.engine.preemption); the driver forwards it to the workers (a
+plain `kill PID` reaches the driver alone), cancels what has not started, and waits for the runs to stop. A worker
+that saw a signal -- between runs, or during one, through the run's handler chaining to the worker's -- starts no
+further run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from types import FrameType
+from typing import Any
+
+from pekd.engine.preemption import SIGNALS
+
+STOPPED = 3  # a run's exit status for "stopped at a step boundary, checkpointed: rerun to resume"
+
+_received: list[int] = []  # signals this process received (driver or worker), recorded by the handler alone
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+
+
+def _worker_init() -> None:
+    for s in SIGNALS:
+        signal.signal(s, _record)
+
+
+class NotStarted(Exception):
+    """A run a worker refused because a stop signal reached the worker first."""
+
+
+def _call(fn: Callable[[Any], Any], job: Any) -> Any:
+    if _received:
+        raise NotStarted
+    return fn(job)
+
+
+class Stopped(SystemExit):
+    """The driver's exit after a stop signal: status 3, as for a stopped run."""
+
+    def __init__(self) -> None:
+        super().__init__(STOPPED)
+
+
+class SideBySide:
+    """`with SideBySide(n) as pool: for result in pool.map(fn, jobs): ...` -- results as runs finish, in any
+    order; after a stop signal, `map` raises Stopped once every run in flight has stopped (`rerun` says what the
+    user types to resume, printed before the driver exits)."""
+
+    def __init__(self, processes: int, rerun: str) -> None:
+        self.processes, self.rerun = processes, rerun
+        self._previous: dict[int, Any] = {}
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> SideBySide:
+        _received.clear()
+        for s in SIGNALS:
+            self._previous[s] = signal.signal(s, _record)
+        self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_worker_init)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+        assert self._pool is not None
+        pending: set[Future[Any]] = {self._pool.submit(_call, fn, j) for j in jobs}
+        forwarded = 0
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            if len(_received) > forwarded:
+                for f in pending:
+                    f.cancel()
+                for child in multiprocessing.active_children():
+                    if child.pid is not None:
+                        os.kill(child.pid, _received[-1])
+                forwarded = len(_received)
+            for f in done:
+                if _received:
+                    if not f.cancelled():
+                        f.exception()  # a run stopped by the signal raises; the stop is what is reported
+                else:
+                    yield f.result()
+        if _received:
+            print(f"received {signal.Signals(_received[0]).name}: every run in flight stopped at a step boundary "
+                  f"and checkpointed; rerun {self.rerun} to resume", flush=True)
+            raise Stopped
