@@ -91,3 +91,18 @@ def test_a_resumed_run_drops_the_rows_after_its_checkpoint(tmp_path: Path) -> No
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert float(rows[-1]["value"]) == 0.5
+
+
+def test_precompute_draws_no_bar_off_a_terminal(tmp_path: Path) -> None:
+    """The feature bank's progress bar follows the training bars: off a terminal (SLURM's .err, a pipe) the log
+    line 'rank 0: N images in ...' says it, and no bar frames are written."""
+    run_dir = tmp_path / "teacher"
+    _train(run_dir, terminal=False)
+    argv = [sys.executable, "-m", "pekd.precompute", *TINY, "teacher.name=resnet8",
+            f"teacher.weights={run_dir / 'student.pt'}", f"teacher.bank={tmp_path / 'bank'}", "bank.views=1",
+            "trainer.progress=true"]
+    out = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "images in" in out.stdout + out.stderr
+    assert "teacher features" not in out.stdout + out.stderr, out.stderr  # the bar's frames (text mode reads \r as \n)

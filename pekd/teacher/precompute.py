@@ -29,6 +29,7 @@ from pekd.data.sources import Source, run_sources
 from pekd.engine import determinism
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
+from pekd.engine.metrics import progress_bar
 from pekd.engine.rundir import git_revision
 from pekd.errors import PekdError
 from pekd.teacher import bank
@@ -185,8 +186,6 @@ def pending_chunks(folder: Path, spec: dict[str, Any]) -> list[int]:
 def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeacher, spec: dict[str, Any],
                    pending: list[int], env: DistEnv) -> tuple[int, float]:
     """This rank's share of the unfinished chunks (round robin); returns (images computed, seconds)."""
-    from tqdm import tqdm
-
     views, n, size = int(cfg.bank.views), len(source), int(cfg.bank.chunk)
     total = math.ceil(n / size)
     if len(pending) < total:
@@ -197,8 +196,8 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     plan = work_plan(mine, size, n, views, cfg.data.eval_batch_size)
     features = bank.open_features(folder, spec, "r+")
     images = sum(len(b) for _, _, batches in plan for b in batches)
-    bar = tqdm(total=images, unit="img", desc="teacher features", dynamic_ncols=True,
-               disable=not (env.is_main and cfg.trainer.progress))
+    # as the training bars: on a terminal only, never into SLURM's .err or a pipe (the log line below says it)
+    bar = progress_bar(env.is_main and cfg.trainer.progress, images, 0, "teacher features")
     passes = passes_for(source, cfg)
     writer = RowWriter(features, spec["dtype"])
     t0 = time.perf_counter()
@@ -209,7 +208,8 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
             if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
                 feat, _ = teacher(batch)
                 writer.add(k, batch.index.cpu().numpy(), feat)
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
             seen += len(batch)
         assert seen == sum(map(len, batches)) or cfg.data.on_corrupt == "skip", \
             f"chunk {c} view {k}: the {cfg.data.pipeline} pipeline returned {seen} of its samples"
@@ -219,7 +219,8 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
             rows = chunk_rows(c, size, n)
             atomic_write_bytes(marker(folder, c), json.dumps(
                 {"chunk": c, "rows": [int(rows[0]), int(rows[-1]) + 1], "rank": env.rank}).encode())
-    bar.close()
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
     if images:
         log.info("rank %d: %d images in %.1f s (%.0f images/s)", env.rank, images, seconds, images / seconds)
