@@ -139,6 +139,10 @@ def plot_along(pts: list[Point], keys: list[str], path: Path) -> None:
         ax.set_title(claim, fontsize=9)
         ax.set_ylabel(f"{VERDICT_METRIC.replace('_top1', '')} top-1 A − B (points)", fontsize=8)
         _axis(ax, key, log)
+    # one colour per row (and series) in every mechanism panel, also in panels some rows have no value in
+    every = [(label, series) for label in sorted({m["label"] for p in pts for m in p.mechanism})
+             for series in _series(pts, keys)]
+    colour = {row: f"C{i % 10}" for i, row in enumerate(every)}
     for ax, k in zip(flat[len(claims):], mech, strict=False):
         labels = sorted({m["label"] for p in pts for m in p.mechanism if m[k]["n"]})
         for label in labels:
@@ -148,7 +152,7 @@ def plot_along(pts: list[Point], keys: list[str], path: Path) -> None:
                 if not found:
                     continue
                 line = ax.plot([x for x, _ in found], [s["mean"] for _, s in found], "o-", ms=4,
-                               label=f"{label} {series}".strip())[0]
+                               color=colour[(label, series)], label=f"{label} {series}".strip())[0]
                 band = [(x, s["ci"]) for x, s in found if s["ci"]]
                 ax.fill_between([x for x, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
                                 color=line.get_color(), alpha=0.15)
