@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from pekd.engine import checkpoint as ckpt
+from pekd.engine import rundir
 from pekd.engine.lease import Holder, Lease, _create, current_holder, lease_path
 from pekd.errors import PekdError
-from tests.test_faults import assert_one_clean_error, ce
+from tests.test_faults import assert_one_clean_error, ce, temp_files
 from tests.train_helpers import start, until, wait
 
 
@@ -34,6 +36,17 @@ def plant(run_dir: Path, holder: Holder) -> bool:
     """Take generation `holder.generation` of run_dir's lease for `holder`, the way pekd does (link())."""
     (run_dir / "lease").mkdir(parents=True, exist_ok=True)
     return _create(lease_path(run_dir, holder.generation), holder)
+
+
+def written_files(run_dir: Path) -> dict[str, bytes]:
+    """The run's files a lost writer must leave alone, by name.
+
+    Logs, TensorBoard and the lease folder are left out (the lease is what the test changes), and so are atomic
+    writes' temp files: SIGSTOP can freeze the writer mid-checkpoint, after which the only right move is to drop
+    its own temp file, which `temp_files` checks separately.
+    """
+    return {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".tmp-" not in p.name
+            and not {"logs", "tb", "lease"} & set(p.parts)}
 
 
 # ------------------------------------------------------------------ the rules, in-process
@@ -79,15 +92,34 @@ def test_the_heartbeat_renews_the_lease(tmp_path: Path) -> None:
 
 def test_a_writer_whose_lease_was_taken_writes_nothing(tmp_path: Path) -> None:
     lease = Lease.acquire(tmp_path, stale_s=60)
+    older = ckpt.ckpt_path(tmp_path / "checkpoints", 4)
+    ckpt.save(lease.stamp({"w": torch.zeros(2)}), older, lease.check)
     target = ckpt.ckpt_path(tmp_path / "checkpoints", 5)
     ckpt.save(lease.stamp({"w": torch.zeros(2)}), target, lease.check)
     assert ckpt.load(target)["lease_generation"] == 1
     assert plant(tmp_path, foreign_holder(2))  # another process took the run over
     with pytest.raises(PekdError, match="lost run directory .* to host elsewhere pid 4242.*stops without writing"):
         ckpt.save({"w": torch.ones(2)}, ckpt.ckpt_path(tmp_path / "checkpoints", 6), lease.check)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [target.name]  # no new file, no temp file
+    with pytest.raises(PekdError, match="stops without writing"):  # deleting is writing: keep_last prunes nothing
+        ckpt.prune(tmp_path / "checkpoints", 1, lease.check)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [older.name, target.name]  # no temp file
     lease.release()  # a lost lease is left to its new holder
     assert not current_holder(tmp_path).released
+
+
+def test_a_run_directory_being_made_is_refused_for_its_owner_not_for_a_missing_config(tmp_path: Path) -> None:
+    """A second identical command that looks between its twin's first folders and config.yaml: the answer is the
+    live lease; once the lease is free the missing config.yaml is judged as before."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    assert plant(run_dir, foreign_holder(1))
+    cfg = OmegaConf.create({"on_existing": "resume", "trainer": {"lease_stale_s": 60.0, "lease_wait_s": 0.0}})
+    with pytest.raises(PekdError, match="is in use by host elsewhere pid 4242"):
+        rundir.prepare(run_dir, cfg)
+    assert plant(run_dir, foreign_holder(2, age_s=61))  # its maker died before writing config.yaml
+    with pytest.raises(PekdError, match="has no config.yaml"):
+        rundir.prepare(run_dir, cfg)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "lease"]
 
 
 def test_an_unreadable_lease_is_one_error_naming_it(tmp_path: Path) -> None:
@@ -132,8 +164,7 @@ def test_a_training_process_whose_lease_was_taken_stops_without_writing(tmp_path
     until(lambda: ckpt.list_checkpoints(run_dir / "checkpoints"), "a first checkpoint", procs=[proc])
     os.killpg(proc.pid, signal.SIGSTOP)  # frozen, like an old instance on a node that stopped answering
     try:
-        before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts
-                  and "tb" not in p.parts and "lease" not in p.parts}
+        before = written_files(run_dir)
         holder = current_holder(run_dir)
         assert holder is not None and holder.pid == proc.pid
         # another process (this test) takes the run over, as SLURM's requeue of the job would
@@ -143,6 +174,5 @@ def test_a_training_process_whose_lease_was_taken_stops_without_writing(tmp_path
     [(rc, err)] = wait([proc])
     line = assert_one_clean_error(rc, err)
     assert "lost run directory" in line and "host elsewhere pid 4242" in line and "stops without writing" in line
-    after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts
-             and "tb" not in p.parts and "lease" not in p.parts}
-    assert after == before, "the process that lost its lease wrote into the run directory"
+    assert written_files(run_dir) == before, "the process that lost its lease wrote into the run directory"
+    assert not temp_files(run_dir), f"the process that lost its lease left temp files: {temp_files(run_dir)}"

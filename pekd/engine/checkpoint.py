@@ -158,7 +158,13 @@ def newest_to_resume(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     return hit
 
 
-def prune(folder: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints (corrupt ones count too, and are removed last-in-line)."""
+def prune(folder: Path, keep_last: int, check: Callable[[], None] | None = None) -> None:
+    """Keep the newest `keep_last` checkpoints (corrupt ones count too, and are removed last-in-line).
+
+    `check` runs before each removal: a writer frozen between its save and this prune may have lost the run's lease
+    meanwhile, and deleting is writing too.
+    """
     for p in list_checkpoints(folder)[max(keep_last, 1):]:
+        if check is not None:
+            check()
         p.unlink(missing_ok=True)

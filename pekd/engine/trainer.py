@@ -153,10 +153,11 @@ class Trainer:
         path = ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step)
         if self.lease is None:
             ckpt.save(self.state_dict(), path)
+            ckpt.prune(self.ckpt_dir, self.tc.keep_last)
         else:
             lease = self.lease
             ckpt.save(lease.stamp(self.state_dict()), path, lambda: lease.check(f"checkpoint {path.name}"))
-        ckpt.prune(self.ckpt_dir, self.tc.keep_last)
+            ckpt.prune(self.ckpt_dir, self.tc.keep_last, lambda: lease.check("older checkpoints (keep_last)"))
 
     def _newest_checkpoint(self) -> str:
         newest = ckpt.list_checkpoints(self.ckpt_dir)
