@@ -288,10 +288,18 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def _mark_failed(self, error: str, job_id: str) -> None:
         """Say in the run directory that the run is over (pekd.report lists it as failed, with the error), keeping
-        what the last start recorded there."""
+        what the last start recorded there -- unless another instance of the run (a resubmission) holds its lease
+        by now: the run is then its, and so is results.json."""
+        from pekd.engine.lease import live_holder
         from pekd.engine.rundir import write_json
 
-        path = Path(str(self.cfg.run_dir)) / "results.json"
+        run_dir = Path(str(self.cfg.run_dir))
+        holder = live_holder(run_dir)
+        if holder is not None:
+            log.error("job %s failed for good, but %s is not marked failed: %s holds it now", job_id, run_dir,
+                      holder.describe())
+            return
+        path = run_dir / "results.json"
         try:
             results = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -148,6 +148,12 @@ def current_holder(run_dir: Path) -> Holder | None:
     return None
 
 
+def live_holder(run_dir: Path) -> Holder | None:
+    """The holder of run_dir's lease if it is alive as far as can be told (None: free, released or stale)."""
+    holder = current_holder(run_dir)
+    return holder if holder is not None and holder.why_stale() is None else None
+
+
 def _write_whole(path: Path, holder: Holder) -> Path:
     """Write the record under a private name next to `path` (fsynced): never seen half-written under a real name."""
     tmp = path.with_name(f".{path.name}.tmp-{holder.host}-{holder.pid}-{holder.token[:8]}")

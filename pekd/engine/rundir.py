@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.lease import FOLDER as LEASE_FOLDER
-from pekd.engine.lease import Lease, current_holder
+from pekd.engine.lease import Lease, live_holder
 from pekd.errors import PekdError
 
 # Keys that may differ between a run and its resumption: they change how, not what, is trained.
@@ -122,7 +122,7 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
                             "run_dir, or on_existing=resume / on_existing=overwrite")
         # A live owner may be between making the folders and writing config.yaml (two identical commands at
         # once): the lease, not the missing file, is the answer then, and the check waits until it is held.
-        being_made = existing and not cfg_file.is_file() and _live_lease(run_dir)
+        being_made = existing and not cfg_file.is_file() and live_holder(run_dir) is not None
         if existing and cfg.on_existing == "resume" and not being_made:
             _check_same_config(run_dir, new)
         lease = Lease.acquire(run_dir, cfg.trainer.lease_stale_s, cfg.trainer.lease_wait_s)
@@ -165,11 +165,6 @@ def read_run_config(cfg_file: Path, fix: str) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise PekdError(f"{str(cfg_file)!r} is not a pekd config (a YAML {type(cfg).__name__}, not a mapping); {fix}")
     return cfg
-
-
-def _live_lease(run_dir: Path) -> bool:
-    holder = current_holder(run_dir)
-    return holder is not None and holder.why_stale() is None
 
 
 def _check_same_config(run_dir: Path, new: dict[str, Any]) -> None:
