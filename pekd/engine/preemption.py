@@ -13,10 +13,29 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+def _quiet_ignored_signal_races() -> None:
+    """Drop CPython's "Signal N ignored due to race condition" for SIGNALS: under a storm, a signal that arrives
+    while signal.signal() swaps in SIG_IGN is caught by the old C handler and then finds no Python handler; CPython
+    prints that, with a traceback, as an unraisable error (bpo-43406) -- into the run's log stream, about a signal
+    that was to be ignored anyway. Every other unraisable error goes to the hook that was there before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "pekd_signal_races", False):
+        return
+    quiet = {f"Signal {int(s)} ignored due to race condition" for s in SIGNALS}
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, OSError) and str(unraisable.exc_value) in quiet):
+            previous(unraisable)
+
+    hook.pekd_signal_races = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 class StopSignal:
@@ -48,7 +67,10 @@ class StopSignal:
         for s, h in self._previous.items():
             # once a stop is under way, a repeated signal must not kill the checkpointed process (the default
             # action of SIGUSR2/SIGTERM): its exit status 3 is what tells a launcher to resume it
-            signal.signal(s, signal.SIG_IGN if self.requested and not callable(h) else h)
+            ignore = self.requested and not callable(h)
+            if ignore:
+                _quiet_ignored_signal_races()
+            signal.signal(s, signal.SIG_IGN if ignore else h)
 
     def chain(self) -> None:
         """After the checkpoint: let the previous handler (e.g. submitit's requeue) act on the same signal."""
