@@ -151,13 +151,13 @@ class Trainer:
         if not self.env.is_main:
             return
         path = ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step)
-        if self.lease is None:
+        lease = self.lease
+        if lease is None:
             ckpt.save(self.state_dict(), path)
-            ckpt.prune(self.ckpt_dir, self.tc.keep_last)
         else:
-            lease = self.lease
             ckpt.save(lease.stamp(self.state_dict()), path, lambda: lease.check(f"checkpoint {path.name}"))
-            ckpt.prune(self.ckpt_dir, self.tc.keep_last, lambda: lease.check("older checkpoints (keep_last)"))
+        ckpt.prune(self.ckpt_dir, self.tc.keep_last,
+                   None if lease is None else lambda: lease.check("older checkpoints (keep_last)"))
 
     def _newest_checkpoint(self) -> str:
         newest = ckpt.list_checkpoints(self.ckpt_dir)
