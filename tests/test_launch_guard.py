@@ -16,8 +16,8 @@ import pytest
 from pekd.engine.lease import Lease
 from pekd.launch_guard import busy_runs
 from slurm.local_cluster import LocalCluster
+from tests.launcher_helpers import submit
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
-from tests.test_launcher import submit
 from tests.train_helpers import TINY
 
 

@@ -28,8 +28,8 @@ import torch
 from pekd.launch import newest_checkpoint_step
 from pekd.models import read_weights
 from slurm.local_cluster import LocalCluster
+from tests.launcher_helpers import finish, restart_count, run_log, submit
 from tests.slurm_fixture import wait_for
-from tests.test_launcher import _finish, _log, _restarts, submit
 from tests.train_helpers import TINY
 
 pytestmark = pytest.mark.slow
@@ -95,21 +95,21 @@ def test_a_partitioned_node_ends_the_start_which_is_requeued_and_resumes(ns_env:
         _sh("ip", "link", "set", veth, "down")
         cut = time.monotonic()
         newest = newest_checkpoint_step(run_dir)
-        wait_for(lambda: _restarts(ns_env, job.job_id) >= 1, DIST_TIMEOUT_S + PARTITION_SLACK_S + 30,
+        wait_for(lambda: restart_count(ns_env, job.job_id) >= 1, DIST_TIMEOUT_S + PARTITION_SLACK_S + 30,
                  "the partitioned start to end and requeue")
         ended = time.monotonic() - cut
         assert newest_checkpoint_step(run_dir) == newest, "a checkpoint was written after the partition"
     finally:
         _sh("ip", "link", "set", veth, "up")
     healed = time.monotonic()
-    wait_for(lambda: "resumed from" in _log(run_dir), 180, "the requeued job to resume after healing")
+    wait_for(lambda: "resumed from" in run_log(run_dir), 180, "the requeued job to resume after healing")
     resumed = time.monotonic() - healed
-    assert _finish(job, timeout_s=300) == "COMPLETED"
+    assert finish(job, timeout_s=300) == "COMPLETED"
     print(f"\npartition -> start ended and job requeued: {ended:.1f} s (dist_timeout_s={DIST_TIMEOUT_S}, "
           f"slack {PARTITION_SLACK_S} s); link healed -> resumed: {resumed:.1f} s")
     assert ended <= DIST_TIMEOUT_S + PARTITION_SLACK_S
 
-    log = _log(run_dir)
+    log = run_log(run_dir)
     assert re.search(rf"resumed from \S+/ckpt-0*{newest}\.pt", log), log[-3000:]
     assert log.count("resumed from") == 1
     results = json.loads((run_dir / "results.json").read_text())
@@ -150,7 +150,7 @@ def test_a_slow_lossy_link_gives_the_same_weights_more_slowly(ns_env: LocalClust
         try:
             began = time.monotonic()
             [job] = submit.main([*_args(ns_env, tmp_path), *recipe, f"run_dir={tmp_path / name}"])
-            assert _finish(job, timeout_s=400) == "COMPLETED"
+            assert finish(job, timeout_s=400) == "COMPLETED"
             took[name] = time.monotonic() - began
         finally:
             if name == "impaired":

@@ -1,0 +1,101 @@
+"""launchers/submit.py's command line without a scheduler: SLURM time strings, gres counts, pass-through options,
+and --dry-run's preview of the batch script on a machine with no SLURM at all (site options, array caps, one
+error line per missing input before anything is queued).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pekd.errors import PekdError
+from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, gres_gpus, pass_through, slurm_minutes
+from tests.launcher_helpers import submit
+from tests.train_helpers import TINY
+
+
+@pytest.mark.parametrize("text, minutes", [("infinite", None), ("30", 30), ("30:00", 30), ("12:00:00", 720),
+                                           ("1-12", 2160), ("2-12:30:00", 3630), ("24:00:00", 1440),
+                                           ("1-00:00:00", 1440), ("10:30", 11), ("0:0:30", 1)])
+def test_slurm_time_limits_read_as_minutes(text: str, minutes: int | None) -> None:
+    assert slurm_minutes(text) == minutes
+
+
+def test_time_strings_and_gres_counts_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert submit.parse_args(["--time", "1-00:00:00"]).time == 1440
+    assert submit.parse_args(["--time", "24:00:00"]).time == submit.parse_args(["--time", "1440"]).time
+    for bad in ("1 day", "0", "infinite"):
+        with pytest.raises(PekdError, match="--time"):
+            submit.parse_args(["--time", bad])
+    assert (gres_gpus("gpu:a100:8"), gres_gpus("gpu:2,nvme:1"), gres_gpus("gpu"), gres_gpus("nvme:1")) == \
+        (8, 2, 1, None)
+    with pytest.raises(PekdError, match="submit.py sets --time itself"):
+        pass_through(["time=10"])
+
+
+def _preview(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """submit.py --dry-run on a machine with no SLURM at all: no srun, no sinfo, no slurm.conf."""
+    empty = tmp_path / "no-slurm-bin"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    capsys.readouterr()
+    code = 0
+    try:
+        submit.main(["--dry-run", "--folder", str(tmp_path / "runs"), "--gpus", "0", *argv])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dry_run_previews_the_script_with_every_site_option_and_no_controller(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _preview(["--time", "1-00:00:00", "--setup", "module load cuda/12.4", "--setup",
+                               "source /shared/venv/bin/activate", "--gres", "tmpdisk:10", "--array-parallelism",
+                               "3", "--after", "1234", "--sbatch", "mail-type=END", "--sbatch", "exclusive", "-m",
+                               *TINY, "method=ce", "teacher=none", "seed=0,1,2,3,4"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert "# not checked: partition (default) and its time limit: no SLURM controller answers sinfo here" in out
+    assert "# not checked: that job(s) 1234 exist" in out
+    script = out[out.index("#!/bin/bash"):]
+    for line in ("#SBATCH --time=1440", "#SBATCH --gres=tmpdisk:10", "#SBATCH --array=0-4%3",
+                 "#SBATCH --dependency=afterok:1234", "#SBATCH --mail-type=END", "#SBATCH --exclusive"):
+        assert line in script.splitlines(), line
+    setup = script.split("\n# setup\n", 1)[1].split("\n\n", 1)[0]
+    assert setup.splitlines() == ["module load cuda/12.4", "source /shared/venv/bin/activate"]
+    assert script.index("# setup") < script.index("srun ")
+    assert not (tmp_path / "runs").exists()  # a preview creates nothing
+    # the default array cap is modest: a 200-point sweep does not ask for 200 allocations at once
+    code, out, err = _preview([*TINY, "method=ce", "teacher=none", "-m", "seed=range(200)"], tmp_path, monkeypatch,
+                              capsys)
+    assert code == 0, err
+    assert f"#SBATCH --array=0-199%{DEFAULT_ARRAY_PARALLELISM}" in out.splitlines()
+
+
+def test_missing_inputs_are_one_error_line_each_before_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _preview(["model.name=resnet1100", "teacher.name=resnet8", "teacher.weights=/nonexistent.pth",
+                               "data=cifar100", f"data.root={tmp_path / 'no-data'}"], tmp_path, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == ""
+    assert all(line.startswith("error: ") for line in lines) and len(lines) == 3, err
+    assert "model.name: unknown model 'resnet1100'" in lines[0] and "resnet110" in lines[0]
+    assert "teacher.weights='/nonexistent.pth' does not exist" in lines[1]
+    assert "no-data" in lines[2] and "cifar-100-python" in lines[2]
+    code, out, err = _preview([*TINY, "teacher.name=resnet8", "teacher.mode=bank", f"teacher.bank={tmp_path}/bank",
+                               "data.pipeline=ffcv", f"data.train_beton={tmp_path}/t.beton",
+                               f"data.val_beton={tmp_path}/v.beton", "method.q=1,3", "-m"], tmp_path, monkeypatch,
+                              capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 3, err  # each problem once, not once per sweep point
+    assert "teacher.bank=" in lines[0] and "manifest.json" in lines[0]
+    assert "data.train_beton=" in lines[1] and "data.val_beton=" in lines[2]
+    # a student that waits for its teacher's job may name the file that job is to write
+    code, out, err = _preview(["--after", "99", *TINY, "teacher.name=resnet8", f"teacher.weights={tmp_path}/t.pt"],
+                              tmp_path, monkeypatch, capsys)
+    assert code == 0 and err.startswith("note: teacher.weights=") and "error" not in err
+
+
