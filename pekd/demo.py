@@ -25,11 +25,11 @@ distribution. The students' budget, 500 images x 24 epochs (168 optimizer steps)
 study's curve (`python -m pekd.study`, data.subset from 500 up at 24 epochs; results in docs/study/), where the
 teacher is a converged resnet20 (93.8%) instead of the demo's 2-epoch one.
 
-Time on a 2-core CPU without native bf16 (fp32; `--amp off` reproduces it elsewhere), estimated from the last
-measurement there (6 seeds, idle: teacher 66 s, bank 16 s, 30 student runs 372 s, second-pass analysis 114 s) and
-bench/fused_analysis.py (the second pass cost 0.8 of a final evaluation per run, the fused diagnostics nothing
-measurable): teacher 66 + bank 16 + 35 student runs 434 + the teacher's test outputs once per worker and the
-500-image training-set passes ~26 = ~545 s for 7 seeds; 8 seeds would be ~605 s.
+Time on a 2-core CPU without native bf16 (fp32), measured by ratio (`bash bench/demo_time.sh`; docs/statistics.md,
+"Time"): with torch restricted to AVX2 kernels and no native bf16 (`ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2`, which reproduces an AVX2-only EPYC's numbers to the last digit), this demo takes
+0.91-0.94 of the time of the 6-seed, second-pass demo that took 569 s idle on such an EPYC: about 516-536 s there,
+inside the 600 s budget (149 s in bf16 on a 2-core EPYC with AVX-512 BF16).
 """
 
 from __future__ import annotations
