@@ -8,11 +8,11 @@ demo: setup
 	.venv/bin/python -m pekd.demo
 
 test: setup
-	.venv/bin/ruff check pekd launchers tests bench
+	.venv/bin/ruff check pekd launchers tests bench slurm
 	.venv/bin/python -m pytest -q tests
 
 lint: setup
-	.venv/bin/ruff check pekd launchers tests bench
+	.venv/bin/ruff check pekd launchers tests bench slurm
 
 # A wheel of pekd alone (configs inside) in dist/, for `pip install dist/pekd-*.whl` or a wheelhouse.
 wheel: setup

@@ -13,8 +13,8 @@ address and name (slurm/netns.py), so that jobs' traffic between nodes crosses a
 be cut or slowed.
 
 There is no slurmdbd (it needs MySQL), so `sacct` would fail and submitit could not see job states. Instead
-job ends go to a jobcomp text file, and DIR/bin/sacct - first on PATH in `LocalCluster.env()` - answers
-`sacct -o FIELDS --parsable2 -j ID` from squeue (live and recently finished jobs) and that file (older ones).
+job ends go to a jobcomp text file, and DIR/bin/sacct - first on PATH in `LocalCluster.env()` - runs
+slurm/sacct.py, which answers from squeue (live and recently finished jobs) and that file (older ones).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 try:
     from slurm.netns import ClusterNet, NetnsError
-except ImportError:  # run as a script (`python slurm/local_cluster.py`, the sacct stand-in): slurm/ is on sys.path
+except ImportError:  # run as a script (`python slurm/local_cluster.py`, slurm/sacct.py): slurm/ is on sys.path
     from netns import ClusterNet, NetnsError  # type: ignore[no-redef]
 
 TEMPLATE = Path(__file__).with_name("slurm.conf.template")
@@ -45,9 +45,6 @@ STOP_TIMEOUT_S = 15.0
 # UNIX sockets (munged's, slurmstepd's under the spool dir) must fit in 108 bytes; the spool ones add ~50.
 MAX_DIR_LEN = 55
 # squeue format: job name last, so a '|' in a name cannot shift the other fields.
-SQUEUE_FIELDS = ("JobID", "Partition", "State", "NodeList", "JobName")
-SQUEUE_FORMAT = "%i|%P|%T|%N|%j"
-SACCT_FIELDS = (*SQUEUE_FIELDS, "ExitCode")
 
 
 class ClusterError(RuntimeError):
@@ -243,8 +240,8 @@ class LocalCluster:
         wrapper = self.dir / "bin" / "sacct"
         wrapper.write_text(
             "#!/bin/sh\n"
-            "# sacct stand-in for a cluster without slurmdbd; see slurm/local_cluster.py.\n"
-            f'exec {sys.executable} {Path(__file__).resolve()} sacct --dir {self.dir} "$@"\n'
+            "# sacct stand-in for a cluster without slurmdbd; see slurm/sacct.py.\n"
+            f'exec {sys.executable} {Path(__file__).with_name("sacct.py").resolve()} --dir {self.dir} "$@"\n'
         )
         wrapper.chmod(0o755)
 
@@ -336,96 +333,10 @@ def _memory_mb() -> int:
     return int(match.group(1)) // 1024 if match else 4096
 
 
-# -- the sacct stand-in --------------------------------------------------------------------------------------
-
-
-def _jobcomp_records(path: Path) -> Iterable[dict[str, str]]:
-    """Finished jobs from the jobcomp/filetxt log, one `Key=Value ...` line each, in sacct's field names."""
-    if not path.exists():
-        return
-    pair = re.compile(r"(\w+)=(.*?)(?=\s\w+=|\s*$)")
-    for line in path.read_text(errors="replace").splitlines():
-        rec = dict(pair.findall(line))
-        if "JobId" not in rec:
-            continue
-        array_id = rec.get("ArrayJobId", "")
-        yield {
-            "JobID": f"{array_id}_{rec.get('ArrayTaskId', '')}" if array_id else rec["JobId"],
-            "Partition": rec.get("Partition", ""),
-            "State": rec.get("JobState", ""),
-            "NodeList": rec.get("NodeList", ""),
-            "JobName": rec.get("Name", ""),
-            "ExitCode": rec.get("ExitCode", ""),
-        }
-
-
-# squeue shows transient states that real sacct reports as the state around them; submitit counts any state it
-# does not know as finished, so a job being signalled (time-limit warning) must read as RUNNING.
-SQUEUE_TO_SACCT = {"SIGNALING": "RUNNING", "CONFIGURING": "RUNNING", "RESIZING": "RUNNING",
-                   "STAGE_OUT": "COMPLETING", "REQUEUE_FED": "REQUEUED", "REQUEUE_HOLD": "REQUEUED",
-                   "RESV_DEL_HOLD": "PENDING"}
-
-
-def _squeue_records(env: dict[str, str]) -> Iterable[dict[str, str]]:
-    out = subprocess.run(
-        ["squeue", "-h", "--states=all", "-o", SQUEUE_FORMAT], env=env, capture_output=True, text=True
-    )
-    for line in out.stdout.splitlines():
-        values = line.split("|", len(SQUEUE_FIELDS) - 1)
-        if len(values) == len(SQUEUE_FIELDS):
-            rec = dict(zip(SQUEUE_FIELDS, values, strict=True)) | {"ExitCode": ""}
-            rec["State"] = SQUEUE_TO_SACCT.get(rec["State"], rec["State"])
-            yield rec
-
-
-def sacct(argv: Sequence[str]) -> int:
-    """Answer the sacct queries submitit makes (`-o JobID,State,NodeList --parsable2 -j ID ...`).
-
-    The controller's view wins over the jobcomp file: a requeued job has a stale PENDING line there.
-    """
-    parser = argparse.ArgumentParser(prog="sacct", description="sacct stand-in of the local pekd cluster")
-    parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("-o", "--format", default="JobID,JobName,Partition,State,ExitCode,NodeList")
-    parser.add_argument("-j", "--jobs", action="append", default=[])
-    parser.add_argument("-n", "--noheader", action="store_true")
-    parser.add_argument("-P", "--parsable2", action="store_true", help="always on: output is '|'-separated")
-    parser.add_argument("-X", "--allocations", action="store_true", help="always on: no job steps are listed")
-    args = parser.parse_args(argv)
-    fields = [f.split("%")[0] for f in args.format.split(",")]
-    unknown = [f for f in fields if f not in SACCT_FIELDS]
-    if unknown:
-        parser.error(f"unsupported field(s) {unknown}; this stand-in knows {list(SACCT_FIELDS)}")
-    cluster = LocalCluster(args.dir)
-    records: dict[str, dict[str, str]] = {}
-    for rec in _jobcomp_records(cluster.dir / "log" / "jobcomp.txt"):
-        records[rec["JobID"]] = rec
-    for rec in _squeue_records(cluster.env()):
-        old = records.get(rec["JobID"])
-        if old and old["State"] == rec["State"]:  # squeue has no exit code; the file's is for this run
-            rec["ExitCode"] = old["ExitCode"]
-        records[rec["JobID"]] = rec
-    wanted = {j for arg in args.jobs for j in arg.split(",") if j}
-
-    def selected(job_id: str) -> bool:
-        return not wanted or job_id in wanted or job_id.split("_")[0] in wanted
-
-    def sort_key(job_id: str) -> tuple[int, str]:
-        return int(re.match(r"\d*", job_id).group() or 0), job_id
-
-    if not args.noheader:
-        print("|".join(fields))
-    for job_id in sorted(filter(selected, records), key=sort_key):
-        print("|".join(records[job_id][f] for f in fields))
-    return 0
-
-
 # -- CLI -----------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["sacct"]:
-        return sacct(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--dir", type=Path, required=True, help="cluster directory (state, logs, sockets)")
