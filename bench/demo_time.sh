@@ -34,6 +34,7 @@ demo() {  # demo NAME SITTING -> prints the demo's seconds
 for s in $(seq 1 "$sittings"); do
     if (( s % 2 )); then new=$(demo new "$s"); old=$(demo ref "$s"); else old=$(demo ref "$s"); new=$(demo new "$s"); fi
     echo "sitting $s: HEAD demo ${new} s, $ref demo ${old} s, ratio $(awk "BEGIN {printf \"%.3f\", $new / $old}")"
-    grep -h "in all" "$work/new-$s.log" "$work/ref-$s.log" | sed 's/  TensorBoard.*//; s/^/    /'
+    grep -h "in all" "$work/new-$s.log" | sed 's/  TensorBoard.*//; s/^/    HEAD: /'
+    grep -h "in all" "$work/ref-$s.log" | sed "s/  TensorBoard.*//; s/^/    $ref: /"
 done
 echo "scale the reference's time on the slow CPU by the ratios (cbbabc1: 569 s idle on a 2-core AVX2-only EPYC)"
