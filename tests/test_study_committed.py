@@ -12,7 +12,7 @@ from pekd.report import main as report_main
 from pekd.study import report_options
 from tests.train_helpers import REPO
 
-STUDIES = [REPO / "docs" / "study", REPO / "docs" / "study" / "pilot"]
+STUDIES = [REPO / "docs" / "study", REPO / "docs" / "study" / "pilot", REPO / "docs" / "study" / "kd"]
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: str(p.relative_to(REPO)))
