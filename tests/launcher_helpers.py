@@ -1,5 +1,5 @@
-"""What the launcher tests share: launchers/submit.py loaded as `python launchers/submit.py` would run it, a tiny
-distillation recipe, and waits on the local SLURM cluster's jobs.
+"""What the launcher tests share: a tiny distillation recipe, submit.py's options for the local cluster, and waits
+on its jobs.
 
 Runs are tiny (8x8 digits, resnet8 student and a random resnet8 teacher, one thread per task): what the tests
 check is the plumbing - requeue, resume, rendezvous - not the learning.
@@ -7,32 +7,15 @@ check is the plumbing - requeue, resume, rendezvous - not the learning.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+from launchers import submit
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_submit() -> ModuleType:
-    """launchers/ is a script folder, not a package; load it like `python launchers/submit.py` would."""
-    spec = importlib.util.spec_from_file_location("pekd_submit", ROOT / "launchers" / "submit.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-submit = _load_submit()
 
 
 @pytest.fixture(scope="module")

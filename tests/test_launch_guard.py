@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from launchers import submit
 from pekd.engine.lease import Lease
 from pekd.launch_guard import busy_runs
 from slurm.local_cluster import LocalCluster
-from tests.launcher_helpers import submit
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
 from tests.train_helpers import TINY
 

@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from launchers import submit
 from pekd.models import read_weights
 from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
-from tests.launcher_helpers import cpu_args, finish, refused, run_log, submit, tiny  # noqa: F401 (a fixture)
+from tests.launcher_helpers import cpu_args, finish, refused, run_log, tiny  # noqa: F401 (a fixture)
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
 from tests.train_helpers import TINY
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from launchers import submit
 from pekd.errors import PekdError
 from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, gres_gpus, pass_through, slurm_minutes
-from tests.launcher_helpers import submit
 from tests.train_helpers import TINY
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from launchers import submit
 from pekd.launch import (
     FAILURES_FILE,
     ExitRecord,
@@ -29,7 +30,7 @@ from pekd.launch import (
     srun_status_text,
 )
 from slurm.local_cluster import LocalCluster
-from tests.launcher_helpers import cpu_args, finish, restart_count, run_log, submit
+from tests.launcher_helpers import cpu_args, finish, restart_count, run_log
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
 from tests.train_helpers import TINY
 

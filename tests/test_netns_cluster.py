@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from launchers import submit
 from pekd.launch import newest_checkpoint_step
 from pekd.models import read_weights
 from slurm.local_cluster import LocalCluster
-from tests.launcher_helpers import finish, restart_count, run_log, submit
+from tests.launcher_helpers import finish, restart_count, run_log
 from tests.slurm_fixture import wait_for
 from tests.train_helpers import TINY
 
