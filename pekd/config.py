@@ -56,7 +56,7 @@ class DataConfig:
 
     source: str = MISSING  # cifar100 | imagefolder | fashion_mnist | digits
     root: str = ""
-    pipeline: str = "torch"  # torch | ffcv | dali
+    pipeline: str = "torch"  # torch | ffcv | dali | device (the images in device memory: CIFAR, Fashion-MNIST)
     batch_size: int = 64  # global batch of one optimizer step, over all processes and accumulation steps
     max_micro_batch: int = 0  # per-process memory cap: accumulation steps are added to fit it (0 = no cap)
     eval_batch_size: int = 256
@@ -174,7 +174,7 @@ def register() -> None:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.mode": ("online", "bank", "none"),
-    "data.pipeline": ("torch", "ffcv", "dali"),
+    "data.pipeline": ("torch", "ffcv", "dali", "device"),
     "data.augment": ("cifar", "imagenet", "flip", "none"),
     "data.dali_device": ("cpu", "mixed"),
     "data.on_corrupt": ("error", "skip"),

@@ -1,8 +1,8 @@
 """Pick the pipeline named by data.pipeline; every backend yields the same Batches in the same global order.
 
-The backends only differ in who decodes and resizes. The order comes from pekd.data.order and the crop and
-flip of every sample from pekd.data.views, so switching backends (or resuming on another world size) changes
-throughput, not the samples a run sees.
+The backends only differ in who decodes and resizes, and where (device: in device memory, from images kept there).
+The order comes from pekd.data.order and the crop and flip of every sample from pekd.data.views, so switching
+backends (or resuming on another world size) changes throughput, not the samples a run sees.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pekd.data.sources import Source
 from pekd.data.views import EvalRecipe, TrainRecipe
 from pekd.errors import PekdError
 
-PIPELINES = ("torch", "ffcv", "dali")
+PIPELINES = ("torch", "ffcv", "dali", "device")
 
 
 class TrainLoader(Protocol):
@@ -64,6 +64,10 @@ def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int
 
         return DaliTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
                                device=cfg.dali_device, on_corrupt=cfg.on_corrupt, rows=rows)
+    if cfg.pipeline == "device":
+        from pekd.data.device_pipeline import DeviceTrainLoader
+
+        return DeviceTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, rows=rows)
     from pekd.data.torch_pipeline import TorchTrainLoader
 
     return TorchTrainLoader(source, recipe, plan=plan, rank=rank, seed=seed, workers=cfg.workers,
@@ -86,6 +90,10 @@ def build_view_passes(source: Source, cfg: DataConfig, *, bank_seed: int, bank_v
 
         return DaliPasses(source, recipe, batch_size=batch_size, workers=cfg.workers, device=cfg.dali_device,
                           on_corrupt=cfg.on_corrupt)
+    if cfg.pipeline == "device":
+        from pekd.data.device_pipeline import DevicePasses, resident_device
+
+        return DevicePasses(source, recipe, resident_device())
     from pekd.data.torch_pipeline import TorchPasses
 
     return TorchPasses(source, recipe, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
@@ -101,7 +109,7 @@ def pixels_identity(cfg: DataConfig) -> str:
         from pekd.data.ffcv_pipeline import beton_settings
 
         return f"ffcv ({beton_settings(cfg.train_beton)})"
-    return "torch"
+    return "torch"  # data.pipeline=device makes the same bytes: its crops need no resize, each pixel is a copy
 
 
 def build_eval_loader(source: Source, cfg: DataConfig, *, rank: int, world: int) -> Iterable[Batch]:
@@ -118,6 +126,10 @@ def build_eval_loader(source: Source, cfg: DataConfig, *, rank: int, world: int)
 
         return DaliEvalLoader(source, recipe, rank=rank, world=world, batch_size=cfg.eval_batch_size,
                               workers=cfg.workers, device=cfg.dali_device, on_corrupt=cfg.on_corrupt)
+    if cfg.pipeline == "device":
+        from pekd.data.device_pipeline import DeviceEvalLoader
+
+        return DeviceEvalLoader(source, recipe, rank=rank, world=world, batch_size=cfg.eval_batch_size)
     from pekd.data.torch_pipeline import TorchEvalLoader
 
     return TorchEvalLoader(source, recipe, rank=rank, world=world, batch_size=cfg.eval_batch_size,

@@ -1,7 +1,8 @@
 """The reference pipeline: torch DataLoader workers decode and apply the given view with torchvision v2.
 
 The batch sampler hands the Dataset (epoch, index) pairs built from `rank_micro_batches`, so workers never
-keep per-epoch state: persistent workers just see new keys, and a resume is a different list of pairs.
+keep per-epoch state: persistent workers just see new keys, and a resume is a different list of pairs. A worker
+fetches a whole batch of keys at once (ViewDataset.__getitems__): views per batch, crops per batch where they can.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from pekd.data.batch import Batch
+from pekd.data.batch_crop import crop_arrays
 from pekd.data.order import Plan, epoch_permutation, eval_shard, rank_micro_batches, steps_per_epoch
 from pekd.data.sources import Source
-from pekd.data.views import Recipe
+from pekd.data.views import Recipe, Views
 from pekd.errors import PekdError
 
 
@@ -40,7 +42,13 @@ class Corrupt:
 
 
 class ViewDataset(Dataset):
-    """Map-style dataset keyed by (epoch, index): decodes sample `index` and applies the recipe's view."""
+    """Batch-keyed dataset: a batch of (epoch, index) keys -> the Batch of those samples in their recipe's views.
+
+    torch's DataLoader hands a whole batch of keys to `__getitems__` in one call, so the views are computed once per
+    batch, vectorised (pekd.data.views), rather than once per sample on one-element arrays; in-memory images whose
+    views need no resize (CIFAR's pad-crop, center crops at the stored size) are cropped by one gather
+    (pekd.data.batch_crop). Either way the pixels are those `apply_view` makes of each sample's view.
+    """
 
     def __init__(self, source: Source, recipe: Recipe):
         self.source = source
@@ -57,32 +65,55 @@ class ViewDataset(Dataset):
         assert self.source.paths is not None
         return decode_image(read_file(self.source.paths[index]), mode=self.mode)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int, int] | Corrupt:
-        epoch, index = key
+    def decode(self, index: int) -> torch.Tensor | Corrupt:
+        """Sample `index`, or the Corrupt record of a file that cannot be read (returned, not raised, so a worker's
+        traceback never hides which file it was)."""
         try:
-            image = self.load(index)
+            return self.load(index)
         except (RuntimeError, OSError) as e:
             assert self.source.paths is not None
             return Corrupt(self.source.paths[index], str(e).splitlines()[0] if str(e) else type(e).__name__)
-        h, w = image.shape[1:]
-        v = self.recipe.views(epoch, np.array([index]), np.array([h]), np.array([w]))
-        out = apply_view(image, v.box(0), bool(v.flip[0]), self.recipe.size)
-        return out, int(self.source.labels[index]), index, int(v.view[0])
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[Batch, list[Corrupt]]:
+        """One pass's batch (every key has the pass's epoch): the good samples as a Batch, the corrupt ones apart."""
+        epoch = keys[0][0]
+        assert all(k == epoch for k, _ in keys), "a batch belongs to one pass"
+        index = np.array([i for _, i in keys], dtype=np.int64)
+        if self.source.arrays is not None:
+            return self.from_arrays(self.source.arrays, epoch, index), []
+        decoded = [self.decode(i) for i in index]
+        good = [not isinstance(d, Corrupt) for d in decoded]
+        images = [d for d in decoded if isinstance(d, torch.Tensor)]
+        bad = [d for d in decoded if isinstance(d, Corrupt)]
+        if not images:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return Batch(torch.zeros(0, 0, 0, 0, dtype=torch.uint8), empty, empty, empty), bad
+        index = index[good]
+        views = self.recipe.views(epoch, index, np.array([d.shape[1] for d in images]),
+                                  np.array([d.shape[2] for d in images]))
+        return self.batch(index, views, self.one_by_one(images, views)), bad
+
+    def from_arrays(self, arrays: np.ndarray, epoch: int, index: np.ndarray) -> Batch:
+        """In-memory images: one gather when no view needs a resize, else one view at a time."""
+        n, (height, width) = len(index), arrays.shape[1:3]
+        views = self.recipe.views(epoch, index, np.full(n, height), np.full(n, width))
+        pixels = (self.one_by_one([self.load(i) for i in index], views) if self.recipe.resamples(height, width)
+                  else crop_arrays(arrays, index, views, self.recipe.size))
+        return self.batch(index, views, pixels)
+
+    def one_by_one(self, images: list[torch.Tensor], views: Views) -> torch.Tensor:
+        return torch.stack([apply_view(img, views.box(j), bool(views.flip[j]), self.recipe.size)
+                            for j, img in enumerate(images)])
+
+    def batch(self, index: np.ndarray, views: Views, pixels: torch.Tensor) -> Batch:
+        labels = torch.from_numpy(self.source.labels[index].astype(np.int64))
+        return Batch(pixels, labels, torch.from_numpy(index), torch.from_numpy(views.view))
 
 
-def collate(samples: list[tuple[torch.Tensor, int, int, int] | Corrupt],
+def collate(fetched: tuple[Batch, list[Corrupt]],
             rows: Callable[[Batch], Batch] | None = None) -> tuple[Batch, list[Corrupt]]:
-    """Stack the good samples into a Batch, with its bank rows when `rows` is given (in the worker, off the
-    training thread); hand the corrupt ones back separately."""
-    good = [s for s in samples if not isinstance(s, Corrupt)]
-    bad = [s for s in samples if isinstance(s, Corrupt)]
-    if not good:
-        empty = torch.zeros(0, dtype=torch.int64)
-        batch = Batch(torch.zeros(0, 0, 0, 0, dtype=torch.uint8), empty, empty, empty)
-    else:
-        images = torch.stack([s[0] for s in good])
-        labels, index, view = (torch.tensor([s[i] for s in good], dtype=torch.int64) for i in (1, 2, 3))
-        batch = Batch(images, labels, index, view)
+    """A fetched batch with its bank rows attached when `rows` is given (in the worker, off the training thread)."""
+    batch, bad = fetched
     return (batch if rows is None else rows(batch)), bad
 
 

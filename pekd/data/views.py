@@ -137,6 +137,11 @@ class Recipe(Protocol):
 
     def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views: ...
 
+    def resamples(self, height: int, width: int) -> bool:
+        """Whether boxes of height x width images may need resizing to size x size; when not, every output pixel is
+        a source pixel or zero, and a batch is one gather (pekd.data.batch_crop)."""
+        ...
+
 
 @dataclass(frozen=True)
 class TrainRecipe:
@@ -161,6 +166,10 @@ class TrainRecipe:
             raise PekdError(f"data.image_size={self.size} must be positive")
         if self.replay and self.bank_views <= 0:
             raise PekdError("replaying bank views needs bank.views >= 1")
+
+    def resamples(self, height: int, width: int) -> bool:
+        """RandomResizedCrop boxes are resized; the pad-crop and center boxes have the output's side already."""
+        return self.augment == "imagenet"
 
     def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
         index = np.asarray(index, dtype=np.int64)
@@ -206,13 +215,19 @@ class EvalRecipe:
             raise PekdError(f"data.eval_resize={self.resize} is smaller than data.image_size={self.size}; "
                             "the center crop must fit in the resized image (ImageNet: 256 and 224)")
 
+    def resamples(self, height: int, width: int) -> bool:
+        return bool(self.resize) and self._side(np.array([min(height, width)]))[0] != self.size
+
+    def _side(self, short: np.ndarray) -> np.ndarray:
+        """The side of the centered box in an image of shorter side `short`: size * short / resize, at least 1."""
+        return np.maximum(np.round(short * self.size / self.resize), 1).astype(np.int64)
+
     def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
         heights = np.asarray(heights, dtype=np.int64)
         widths = np.asarray(widths, dtype=np.int64)
         side: np.ndarray | int = self.size
         if self.resize:
-            short = np.minimum(heights, widths)
-            side = np.maximum(np.round(short * self.size / self.resize), 1).astype(np.int64)
+            side = self._side(np.minimum(heights, widths))
         n = len(np.atleast_1d(index))
         return Views(*center_boxes(heights, widths, side), flip=np.zeros(n, dtype=bool),
                      view=np.zeros(n, dtype=np.int64))
