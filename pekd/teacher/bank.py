@@ -7,7 +7,9 @@ A bank is a folder:
   manifest.json    written last, once every row is on disk: what the bank was built from (its "spec") and how
                    the build went (teacher top-1, time). No manifest, no bank: an interrupted build is refused
   building.json    the spec of a build in progress (removed when sealed); a resumed build must match it
-  chunks/          one marker per finished chunk of samples (the unit of resume)
+  chunks/          one marker per finished chunk of samples (the unit of resume), with the sha256 of its rows;
+                   sealing copies the digests into the manifest, and a run checks them before step 1
+  lease/           the builder's lease (pekd.engine.lease): one builder per bank
   logs/            the precompute's per-rank logs
 
 Row (k, i) is the teacher's feature of view k of sample i, where view k is the crop and flip the data layer
@@ -31,8 +33,9 @@ from pekd.data.batch import Batch
 from pekd.data.pipelines import pixels_identity
 from pekd.data.sources import Source
 from pekd.errors import PekdError
+from pekd.teacher import checksums
+from pekd.teacher.manifest import FORMAT, LEGACY_FORMATS, Malformed, check_spec
 
-FORMAT = 3  # 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed, subsets by index
 MANIFEST = "manifest.json"
 BUILDING = "building.json"
 FEATURES = "features.bin"
@@ -105,12 +108,36 @@ def first_difference(bank: dict[str, Any], run: dict[str, Any], fields: list[str
     return None
 
 
+def bank_difference(manifest: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """first_difference, except that a bank of a legacy format (the same rows, no checksums) matches a run."""
+    if manifest["format"] in LEGACY_FORMATS:
+        run = {**run, "format": manifest["format"]}
+    return first_difference(manifest, run)
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A bank file's JSON object; unreadable, not JSON or not an object is one PekdError naming the file."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise PekdError(f"cannot read {str(path)!r} ({e}); the bank folder is damaged, rebuild it with "
-                        "`python -m pekd.precompute`") from None
+        raise PekdError(f"cannot read {str(path)!r} ({e}); the bank folder is damaged: move it aside and rebuild "
+                        "it with `python -m pekd.precompute`") from None
+    if not isinstance(record, dict):
+        raise PekdError(f"{str(path)!r} holds a JSON {type(record).__name__}, not the object pekd writes; the bank "
+                        "folder is damaged: move it aside and rebuild it with `python -m pekd.precompute`")
+    return record
+
+
+def read_record(path: Path, sealed: bool) -> dict[str, Any]:
+    """manifest.json (sealed=True) or building.json, checked; anything malformed is one PekdError."""
+    record = read_json(path)
+    try:
+        check_spec(record, sealed)
+    except Malformed as e:
+        what = "feature bank's manifest" if sealed else "record of a bank build in progress"
+        raise PekdError(f"{str(path)!r} is not a valid {what}: {e}; the bank folder is damaged or was not written "
+                        "by this pekd: move it aside and rebuild it with `python -m pekd.precompute`") from None
+    return record
 
 
 def open_features(folder: Path, spec: dict[str, Any], mode: str) -> np.memmap:
@@ -186,17 +213,19 @@ class BankTeacher:
                                 "finished): its precompute was interrupted; re-run the same `python -m "
                                 "pekd.precompute ...` command to finish it (finished chunks are kept)")
             raise PekdError(f"{str(path)!r} is not a feature bank (no {MANIFEST}); build it with {command}{path}`")
-        manifest = read_json(path / MANIFEST)
+        manifest = read_record(path / MANIFEST, sealed=True)
         digest = weights_sha256(cfg.teacher.weights)
         model = build_model(cfg.teacher.name, source.num_classes, source.in_chans)
         load_weights(model, cfg.teacher.weights)
         run = bank_spec(cfg, source, int(model.feature_dim), digest)
-        diff = first_difference(manifest, run)
+        diff = bank_difference(manifest, run)
         if diff:
             raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "
                             f"this run into a new folder, {command}<new folder>`, or point teacher.bank at a bank "
                             "built for this run")
-        return cls(path, manifest)
+        teacher = cls(path, manifest)
+        checksums.verify(path, manifest, teacher.rows.open())
+        return teacher
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, None]:
