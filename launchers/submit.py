@@ -1,8 +1,10 @@
 """Submit pekd training runs to SLURM (or run them locally) with submitit.
 
-    python launchers/submit.py [options] [hydra overrides ...]
-    python launchers/submit.py -m method.beta=5,25,100 method.q=1,3     # a sweep: one SLURM job array
-    python launchers/submit.py --resume RUN_DIR [RUN_DIR ...]           # resubmit runs with their own config
+    pekd submit [options] [hydra overrides ...]
+    pekd submit -m method.beta=5,25,100 method.q=1,3     # a sweep: one SLURM job array
+    pekd submit --resume RUN_DIR [RUN_DIR ...]           # resubmit runs with their own config
+
+(`pekd-submit` and, in a checkout, `python launchers/submit.py` are the same command.)
 
 One task per GPU (--gpus per node x --nodes); on CPU-only clusters --gpus 0 runs --tasks-per-node tasks per
 node over gloo. Every run gets a run directory fixed now and named by its content (the config's name and hash;
@@ -42,6 +44,7 @@ from pekd.submit_checks import (
     check_run_dir,
     controller_reachable,
     gpu_requirement,
+    signal_lead_warning,
 )
 
 
@@ -55,7 +58,8 @@ class PlannedRun:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(prog="pekd submit", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Anything else is a Hydra override, e.g. experiment=cifar100_r56_r20.")
     ap.add_argument("-m", "--multirun", action="store_true",
                     help="sweep: comma lists and range() in overrides expand to one job array")
@@ -66,7 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mem-per-gpu", type=float, help="memory in GB per GPU (per task with --gpus 0)")
     ap.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     ap.add_argument("--time", type=time_limit, default=24 * 60, help="time limit per job: minutes (90), "
-                    "H:M:S (24:00:00) or D-H:M:S (1-00:00:00); runs that need longer are requeued until done")
+                    "H:M:S (24:00:00) or D-H:M:S (1-00:00:00); M:S (1:30) is refused, as SLURM would read it as "
+                    "minutes:seconds; runs that need longer are requeued until done")
     ap.add_argument("--account")
     ap.add_argument("--qos")
     ap.add_argument("--constraint")
@@ -86,7 +91,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--folder", type=Path, default=Path("runs"),
                     help="shared run root: run directories, submitit logs (submitit/), launch records")
     ap.add_argument("--signal-delay", type=int, default=120,
-                    help="seconds before the time limit at which SLURM sends USR2 (time to checkpoint)")
+                    help="seconds before the time limit at which SLURM sends USR2 (time to checkpoint); a --time "
+                    "no longer than this is warned about")
     ap.add_argument("--max-requeues", type=int, default=100,
                     help="time limits/preemptions a run may span (a 100-epoch ImageNet run spans many)")
     ap.add_argument("--max-failures", type=int, default=3,
@@ -183,12 +189,12 @@ def resumed_runs(run_dirs: list[Path]) -> list[PlannedRun]:
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     """Compose and check every point; returns the runs, the directory to point TensorBoard at, the job name."""
-    from pekd.engine.rundir import default_run_dir, run_name
+    from pekd.run_names import LEGACY_NAME, default_run_dir, prefer_existing, readable_name
     from pekd.train import compose_config
 
     if args.resume:
         runs = resumed_runs(args.resume)
-        job_name = args.job_name or run_name(runs[0].cfg)
+        job_name = args.job_name or readable_name(runs[0].cfg)
         tb = runs[0].run_dir if len(runs) == 1 else Path(os.path.commonpath([r.run_dir for r in runs]))
         for r in runs:
             if args.gpus == 0 and (reason := gpu_requirement(r.cfg)):
@@ -199,9 +205,14 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     if user_run_dir and len(points) > 1:
         raise PekdError("run_dir= names one run; a sweep gets one run directory per point under --folder")
     cfgs = [compose_config(point, check_names=False) for point in points]
-    job_name = args.job_name or run_name(cfgs[0])
+    job_name = args.job_name or readable_name(cfgs[0])
     root = args.folder.resolve()
-    base = sweep_folder(root, job_name, points, swept) if len(points) > 1 else default_run_dir(cfgs[0], root)
+    if len(points) == 1:
+        base = default_run_dir(cfgs[0], root)
+    else:  # a sweep typed again finds its folder, also one named before ad-hoc runs had readable names
+        base = sweep_folder(root, job_name, points, swept)
+        if not (args.job_name or cfgs[0].name):
+            base = prefer_existing(base, sweep_folder(root, LEGACY_NAME, points, swept))
     runs = []
     for point, cfg in zip(points, cfgs, strict=True):
         if user_run_dir:
@@ -227,7 +238,9 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
     from pekd.launch import batch_teardown
 
     tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
-    folder = args.folder.resolve() / "submitit" / "%j"
+    # One folder per SLURM job. Not for --local: submitit's local controller creates its folder unformatted, which
+    # left an empty literal `submitit/%j` beside the runs; a local job's files are named by its id anyway.
+    folder = args.folder.resolve() / "submitit" / ("" if args.local else "%j")
     preview = args.dry_run and not args.local and shutil.which("srun") is None
     try:
         executor = ScriptPreview(folder, max_num_timeout=args.max_requeues) if preview else submitit.AutoExecutor(
@@ -306,7 +319,8 @@ def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, ar
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> list[Any]:
-    """Returns the submitted submitit jobs (none for --dry-run), for callers that want to wait on them."""
+    """Returns the submitted submitit jobs (none for --dry-run), for Python callers that want to wait on them; the
+    command line goes through console()."""
     from pekd.launch import TrainJob
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -315,6 +329,8 @@ def main(argv: list[str] | None = None) -> list[Any]:
     runs, tb_dir, job_name = plan_runs(args)
     check_inputs([r.cfg for r in runs], waits=bool(args.after or args.dependency))
     check_folder(args.folder)
+    if not args.local and (warning := signal_lead_warning(args.time, args.signal_delay)):
+        print(f"warning: {warning}", file=sys.stderr)
     unchecked = []
     if not args.local and args.dry_run and not controller_reachable():
         unchecked.append(f"partition {args.partition or '(default)'} and its time limit: no SLURM controller "
@@ -338,7 +354,7 @@ def main(argv: list[str] | None = None) -> list[Any]:
     runs = [r for r in runs if r.run_dir not in done]
     runs = drop_busy(runs, args.folder, queue=not args.local)  # leased, queued or running: never twice
     if not runs:
-        print(f"nothing to submit; results: python -m pekd.report {tb_dir}")
+        print(f"nothing to submit; results: pekd report {tb_dir}")
         return []
     for r in runs:
         r.run_dir.mkdir(parents=True, exist_ok=True)
@@ -355,9 +371,15 @@ def main(argv: list[str] | None = None) -> list[Any]:
     print(f"follow:  tail -f {runs[0].run_dir / 'logs' / 'rank0.log'}\n"
           f"         tail -f {jobs[0].paths.stderr}\n"
           f"         tensorboard --logdir {tb_dir}\n"
-          f"results: python -m pekd.report {tb_dir}")
+          f"results: pekd report {tb_dir}")
     return jobs
 
 
+def console(argv: list[str] | None = None) -> None:
+    """`pekd submit`, `pekd-submit` and `python launchers/submit.py`: exit status 0 after a submission. A console
+    script exits with what its function returns, and main's list of jobs made it print the list and exit 1."""
+    main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    console()

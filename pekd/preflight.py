@@ -55,13 +55,13 @@ def run_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"model.weights={cfg.model.weights!r} does not exist on this node")
     if _needs_teacher(cfg) and cfg.teacher.mode == "bank" and not (Path(cfg.teacher.bank) / "manifest.json").is_file():
         problems.append(f"teacher.bank={cfg.teacher.bank!r} holds no manifest.json (missing or unfinished bank); "
-                        "build it with `python -m pekd.precompute` first")
+                        "build it with `pekd precompute` first")
     if cfg.data.pipeline == "ffcv":
         for key in ("train_beton", "val_beton"):
             value = cfg.data[key]
             if not value or not Path(value).is_file():
                 problems.append(f"data.{key}={value!r} does not exist on this node; write it with "
-                                "`python -m pekd.write_dataset`")
+                                "`pekd write-dataset`")
     if (problem := data_problem(cfg)) is not None:
         problems.append(problem)
     return problems

@@ -46,7 +46,17 @@ def slurm_minutes(text: str, what: str = "--time") -> int | None:
 
 
 def time_limit(text: str) -> int:
-    """--time: a limit in minutes (at least 1; a job needs a time limit to be requeued before it)."""
+    """--time: a limit in minutes (at least 1; a job needs a time limit to be requeued before it).
+
+    SLURM reads `1:30` as 1 minute 30 seconds (M:S) where most people mean an hour and a half, and the job then
+    ends at its first time limit, 2 minutes in; two fields without a day are therefore refused here, naming both
+    readings. sinfo's own limits do use M:S (`30:00`), which slurm_minutes reads as SLURM does."""
+    clock = text.strip()
+    if re.fullmatch(r"\d+:\d+", clock):
+        mins, secs = (int(p) for p in clock.split(":"))
+        raise PekdError(f"--time {text!r} is ambiguous: SLURM reads it as {mins} min {secs} s (M:S), not "
+                        f"{mins} h {secs} min; write minutes ({mins * 60 + secs}) or H:M:S ({mins}:{secs:02d}:00) "
+                        f"for {mins} h {secs} min, or 0:{mins:02d}:{secs:02d} if you mean M:S")
     minutes = slurm_minutes(text)
     if minutes is None or minutes < 1:
         raise PekdError(f"--time {text!r}: give a positive time limit (runs longer than it are requeued until done)")

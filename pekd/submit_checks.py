@@ -4,6 +4,7 @@ after hours in the queue, for a reason visible on the login node is an hour lost
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,18 @@ def check_partition(partition: str | None, minutes: int) -> None:
     if cap is not None and minutes > cap:
         raise PekdError(f"--time {minutes} exceeds the {cap}-minute limit of partition {target!r}; ask for at "
                         "most that (runs are requeued across time limits anyway)")
+
+
+def signal_lead_warning(minutes: int, signal_delay_s: int) -> str | None:
+    """Why the stop signal would come too early (None when it does not). SLURM sends USR2 --signal-delay seconds
+    before the time limit (`#SBATCH --signal=USR2@N`); a limit no longer than that is signalled as the job starts,
+    so every start checkpoints at its first step boundary and is requeued, until --max-requeues runs out."""
+    if minutes * 60 > signal_delay_s:
+        return None
+    return (f"--time {minutes} (minutes) is not longer than --signal-delay {signal_delay_s} s: SLURM sends the stop "
+            "signal (USR2) that many seconds before the time limit, so each start of the job would stop and requeue "
+            f"before training; give --time more than {math.ceil(signal_delay_s / 60)} minutes or a shorter "
+            "--signal-delay")
 
 
 def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:

@@ -1,18 +1,42 @@
-"""The flags of `python -m pekd.train`, parsed before any heavy import: what Hydra users type, answered as Hydra would.
+"""`pekd train` (`pekd-train`, `python -m pekd train`): the command line of one training run, parsed before any
+heavy import -- what Hydra users type, answered as Hydra would, or with a pointer to pekd's equivalent.
 
 Hydra's `--cfg job|all|hydra` prints a composed config; pekd composes with Hydra's compose API and has no runtime
-(hydra.*) config, so `job` and `all` print the same and `hydra` is refused with the reason. Everything that is not a
-flag is a Hydra override, checked at composition (pekd.overrides).
+(hydra.*) config, so `job` and `all` print the same, resolved (`${oc.env:...}` as this shell gives it, which is
+what the run will use), and `hydra` is refused with the reason. Hydra's other flags pick config folders and files,
+which pekd does with PEKD_CONFIG_DIR, PEKD_CONFIG_PATH and experiment=NAME: each is refused naming those.
+Everything that is not a flag is a Hydra override, checked before composition (pekd.overrides).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pekd.errors import PekdError
+from pekd.errors import PekdError, user_errors_exit
 from pekd.overrides import SWEEP_HINT
 
 CFG_MODES = ("job", "all")
+_FOLDERS = ("pekd's config folder is set by PEKD_CONFIG_DIR (a replacement for all of pekd's configs) and folders "
+            "of your own are added by PEKD_CONFIG_PATH (searched after pekd's), e.g. PEKD_CONFIG_PATH=DIR pekd train "
+            "experiment=NAME for DIR/experiment/NAME.yaml")
+# Hydra's own flags (long and short forms) -> pekd's way to do what each does.
+HYDRA_FLAGS = {
+    ("--config-dir", "-cd", "--config-path", "-cp"): _FOLDERS,
+    ("--config-name", "-cn"): ("pekd always composes its config.yaml; a whole recipe is experiment=NAME "
+                               "(`pekd train --help` lists them), and " + _FOLDERS),
+    ("--info", "-i"): ("`pekd train --help` lists the experiments, config groups and their options, "
+                       "and `pekd train --cfg job` prints the composed config"),
+    ("--shell-completion", "-sc"): ("pekd has no shell completion; `pekd train --help` lists every experiment, "
+                                    "group and option"),
+    ("--hydra-help",): "`pekd train --help` is the whole help (options, groups, environment)",
+    ("--resolve",): "`pekd train --cfg job` prints the config resolved already",
+    ("--package", "-p"): "`pekd train --cfg job` prints the whole config (pekd has no config packages)",
+    ("--run", "-r"): "`pekd train` always trains one run: drop the flag",
+    ("--experimental-rerun",): "type the same command again: it resumes the run in its run directory",
+    ("--version",): "`pekd --version` prints pekd's version",
+}
 
 
 @dataclass
@@ -22,6 +46,15 @@ class Command:
     help: bool = False
     show: bool = False
     overrides: list[str] = field(default_factory=list)
+
+
+def hydra_flag(arg: str) -> PekdError | None:
+    """The error for one of Hydra's own flags (None for anything else)."""
+    flag = arg.partition("=")[0]
+    for flags, instead in HYDRA_FLAGS.items():
+        if flag in flags:
+            return PekdError(f"{flag} is Hydra's flag, which pekd does not take: {instead}")
+    return None
 
 
 def parse_command_line(args: list[str]) -> Command:
@@ -47,10 +80,49 @@ def parse_command_line(args: list[str]) -> Command:
                 raise PekdError(f"--cfg {mode}: choose one of {list(CFG_MODES)} (both print the composed config)")
             command.show = True
         elif arg in ("-m", "--multirun"):
-            raise PekdError(f"{arg}: `python -m pekd.train` trains one run; {SWEEP_HINT}")
+            raise PekdError(f"{arg}: `pekd train` trains one run; {SWEEP_HINT}")
+        elif (error := hydra_flag(arg)) is not None:
+            raise error
         elif arg.startswith("-"):
-            raise PekdError(f"unknown option {arg}; `python -m pekd.train --help` lists the options, groups and "
-                            "experiments (settings are key=value overrides)")
+            raise PekdError(f"unknown option {arg}; `pekd train --help` lists the options, groups and experiments "
+                            "(settings are key=value overrides)")
         else:
             command.overrides.append(arg)
     return command
+
+
+def sets_run_dir(overrides: list[str]) -> bool:
+    """Whether the command line names the run directory itself (run_dir=..., +run_dir=...)."""
+    return any(o.partition("=")[0].lstrip("+") == "run_dir" for o in overrides)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    """Train one run; a preempted run exits with status 3 after checkpointing (the same command resumes it)."""
+    command = parse_command_line(list(sys.argv[1:] if argv is None else argv))
+    if command.help:
+        from pekd.config_dirs import config_dir, user_config_dirs
+        from pekd.train_help import help_text
+
+        print(help_text([config_dir(), *user_config_dirs()]))
+        return
+    from omegaconf import OmegaConf
+
+    from pekd import train
+    from pekd.engine import rundir
+    from pekd.run_names import default_run_dir
+
+    cfg = train.compose_config(command.overrides)
+    if not sets_run_dir(command.overrides) and Path(str(cfg.run_dir)) == rundir.default_run_dir(cfg):
+        OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
+    if command.show:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return
+    from pekd.engine.distributed import shutdown
+
+    try:
+        results = train.run(cfg)
+    finally:  # an error must not leave the process group to the interpreter's exit (NCCL warns, or hangs)
+        shutdown()
+    if results["status"] == "preempted":
+        sys.exit(3)

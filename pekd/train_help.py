@@ -1,4 +1,4 @@
-"""`python -m pekd.train --help`: what a Hydra user looks for, read from the config folder in a fraction of a second.
+"""`pekd train --help`: what a Hydra user looks for, read from the config folder in a fraction of a second.
 
 Built from the files themselves (experiments with their first comment line, every config group's options), so
 it cannot fall out of date; nothing here imports torch, which is why `--help` answers before the heavy imports.
@@ -12,11 +12,13 @@ from pathlib import Path
 GROUPS = ("model", "teacher", "data", "method", "trainer")
 
 USAGE = """\
-usage: python -m pekd.train [--cfg job|all] [experiment=NAME] [GROUP=OPTION ...] [key=value ...]
-       torchrun --nproc_per_node N -m pekd.train ...      (one process per GPU; the same overrides)
+usage: pekd train [--cfg job|all] [experiment=NAME] [GROUP=OPTION ...] [key=value ...]
+       torchrun --nproc_per_node N -m pekd train ...      (one process per GPU; the same overrides)
+       (pekd-train and python -m pekd train are the same command)
 
-Compose a config with Hydra and train one run in runs/<name>-<hash> (or run_dir=PATH); typing the same command
-again resumes it. Errors are one `error:` line and exit status 2; a preempted run exits 3 after checkpointing.
+Compose a config with Hydra and train one run in runs/<name>-<hash> (or run_dir=PATH), where <name> is the
+experiment's name, else data_teacher_student_method; typing the same command again resumes it. Errors are one
+`error:` line and exit status 2; a preempted run exits 3 after checkpointing.
 
 options:
   -h, --help        this text
@@ -25,8 +27,10 @@ options:
   key=value         set a key of the schema (pekd/config.py); every key already exists, so `+key=...` is an
                     error, and hydra.* overrides are refused (the run directory is run_dir=...)
   GROUP=OPTION      pick a config group's option (below), e.g. model=resnet110 teacher=wrn_40_2
-sweeps:             `a=1,2` / --multirun are not for pekd.train: use `python launchers/submit.py -m ...` (SLURM
-                    job array) or `python launchers/submit.py -m --local ...` (this machine)"""
+Hydra's flags:      --config-dir / --config-name are PEKD_CONFIG_DIR, PEKD_CONFIG_PATH (below) and experiment=NAME;
+                    --info is this text and --cfg job
+sweeps:             `a=1,2` / --multirun are not for pekd train: use `pekd submit -m ...` (SLURM job array) or
+                    `pekd submit -m --local ...` (this machine)"""
 
 ENVIRONMENT = """\
 environment:
@@ -37,9 +41,9 @@ environment:
   PEKD_CONFIG_PATH  folders of your own config groups (e.g. <folder>/experiment/my_run.yaml), searched after pekd's
 
 examples:
-  python -m pekd.train experiment=cifar100_r56_r20 method.q=1 seed=2
-  python -m pekd.train --cfg job experiment=cifar100_vgg13_vgg8 model=resnet110
-  python -m pekd.train data=digits model=resnet8 method=ce teacher=none trainer.epochs=3
+  pekd train experiment=cifar100_r56_r20 method.q=1 seed=2
+  pekd train --cfg job experiment=cifar100_vgg13_vgg8 model=resnet110
+  pekd train data=digits model=resnet8 method=ce teacher=none trainer.epochs=3
 
 documentation: README.md and docs/ (recipes-and-teachers.md, clusters.md, ...)"""
 

@@ -1,5 +1,6 @@
-"""What only a CUDA machine can show (bench/gpu_check.sh runs this file; elsewhere each test is skipped with its
-reason): trainer.deterministic needs no CUBLAS_WORKSPACE_CONFIG from the user, since pekd sets it."""
+"""What only a CUDA machine can show (`pytest tests/test_cuda.py` on a GPU node; elsewhere each test is skipped with
+its reason): trainer.deterministic needs no CUBLAS_WORKSPACE_CONFIG from the user, since pekd sets it.
+bench/gpu_check.sh does not run this file; its determinism step checks the same property in one process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 from tests.train_helpers import REPO, TINY, env_for, final_model
 
 pytestmark = [pytest.mark.cuda,  # its child processes must see the GPU (tests/conftest.py hides it from the others)
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs this)")]
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs CUDA: run `pytest tests/test_cuda.py` on a GPU node "
+                                 "(bench/gpu_check.sh's determinism step checks the same in one process)")]
 
 
 def test_deterministic_training_repeats_bit_for_bit_without_the_users_cublas_setting(tmp_path: Path) -> None:

@@ -115,7 +115,8 @@ def test_mixed_without_gpu_suggests_cpu(root):
         build_eval_loader(src, cfg(dali_device="mixed"), rank=0, world=1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU decoding needs CUDA (bench/gpu_check.sh runs this)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU decoding needs CUDA: run `pytest tests/test_dali.py` "
+                    "on a GPU node with pekd[dali-cu13] (bench/gpu_check.sh does not check DALI's mixed decoding)")
 def test_mixed_decoding_matches_cpu_decoding(root):
     """nvJPEG on the GPU and libjpeg-turbo on the CPU decode the same boxes within a few grey levels; the batches
     (order, labels, views) are the same, and the images arrive on the GPU."""

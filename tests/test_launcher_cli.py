@@ -5,6 +5,9 @@ error line per missing input before anything is queued).
 
 from __future__ import annotations
 
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from launchers import submit
 from pekd.errors import PekdError
 from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, gres_gpus, pass_through, slurm_minutes
-from tests.train_helpers import TINY
+from tests.train_helpers import REPO, TINY
 
 
 @pytest.mark.parametrize("text, minutes", [("infinite", None), ("30", 30), ("30:00", 30), ("12:00:00", 720),
@@ -99,3 +102,64 @@ def test_missing_inputs_are_one_error_line_each_before_the_queue(
     assert code == 0 and err.startswith("note: teacher.weights=") and "error" not in err
 
 
+
+
+def test_an_m_s_time_is_refused_naming_both_readings() -> None:
+    """SLURM reads `1:30` as 1 minute 30 seconds: a job meant for an hour and a half ended 2 minutes in."""
+    with pytest.raises(PekdError, match=r"--time '1:30' is ambiguous: SLURM reads it as 1 min 30 s .* \(90\) or "
+                                        r"H:M:S \(1:30:00\).* 0:01:30 if you mean M:S"):
+        submit.parse_args(["--time", "1:30"])
+    assert [submit.parse_args(["--time", t]).time for t in ("90", "1:30:00", "0:01:30", "1-12")] == [90, 90, 2, 2160]
+
+
+def test_a_time_limit_within_the_stop_signals_lead_is_warned_about(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    run = [*TINY, "method=ce", "teacher=none"]
+    code, out, err = _preview(["--time", "2", *run], tmp_path, monkeypatch, capsys)
+    assert code == 0 and "#SBATCH --signal=USR2@120" in out.splitlines(), err
+    assert err.startswith("warning: --time 2 (minutes) is not longer than --signal-delay 120 s") and \
+        err.count("\n") == 1, err
+    code, out, err = _preview(["--time", "3", *run], tmp_path, monkeypatch, capsys)
+    assert code == 0 and err == ""
+    code, out, err = _preview(["--time", "3", "--signal-delay", "300", *run], tmp_path, monkeypatch, capsys)
+    assert code == 0 and "more than 5 minutes" in err
+
+
+def test_ad_hoc_runs_and_sweeps_are_named_by_what_they_train(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _preview([*TINY, "method=ce", "teacher=none"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert re.search(rf"^# run {tmp_path}/runs/digits_resnet8_ce-[0-9a-f]{{8}}: ", out, re.M), out
+    assert "#SBATCH --job-name=digits_resnet8_ce" in out.splitlines()
+    code, out, err = _preview([*TINY, "method=ce", "teacher=none", "-m", "seed=0,1"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert re.search(rf"^# run {tmp_path}/runs/digits_resnet8_ce-[0-9a-f]{{8}}/seed=1: ", out, re.M), out
+
+
+def test_the_console_script_exits_0_and_prints_no_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """pyproject's pekd-submit, called as pip's generated script calls it: `sys.exit(<function>())` -- main's list of
+    jobs made that print the list and exit 1 after a successful submission."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts["pekd-submit"].partition(":")
+    assert module == "pekd.launchers.submit"
+    entry = getattr(submit, function)  # the same file; the tests import it as launchers.submit
+    empty = tmp_path / "no-slurm-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(sys, "argv", ["pekd-submit", "--dry-run", "--folder", str(tmp_path / "runs"), "--gpus", "0",
+                                      *TINY, "method=ce", "teacher=none"])
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(entry())
+    out = capsys.readouterr()
+    assert exit_info.value.code is None and "#!/bin/bash" in out.out and "[]" not in out.out + out.err
+
+
+def test_a_local_sweep_leaves_no_literal_job_id_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """submitit's local controller made its folder from the unformatted `submitit/%j` pattern."""
+    jobs = submit.main(["--local", "--folder", str(tmp_path), "--gpus", "0", "--time", "5", *TINY, "method=ce",
+                        "teacher=none", "trainer.max_steps=1", "trainer.epochs=1", "trainer.milestones=[1]", "-m",
+                        "seed=0,1"])
+    assert [job.exception() for job in jobs] == [None, None]
+    assert not [p for p in tmp_path.rglob("*") if "%" in p.name]
+    assert len(list((tmp_path / "submitit").glob(f"{jobs[0].job_id}_0_log.*"))) == 2
