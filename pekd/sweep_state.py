@@ -18,7 +18,7 @@ from pekd.sweep_files import RunFiles, job_log_error
 from pekd.sweep_find import Launch
 from pekd.sweep_slurm import Job
 
-RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
+RUNNING = {"RUNNING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
 # how a job that SLURM will not requeue again can end without its run completing
 FAILED_ENDS = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "TIMEOUT", "PREEMPTED"}
 STATES = ("done", "running", "requeued", "queued", "stopped", "failed", "not started")
@@ -99,11 +99,15 @@ def _judge(files: RunFiles, launch: Launch | None, job: Job | None) -> tuple[str
     holder = files.holder
     if holder is not None and holder.why_stale() is None:
         return "running", ""
+    error = (files.results or {}).get("error") or files.error
+    if files.status == "failed" and launch is not None and (files.results or {}).get("job_id") == launch.job_id:
+        return "failed", str(error)  # the batch script's verdict on the newest job, which may still be ending
     if job is not None and job.live:
         if job.state in RUNNING:
             return "running", "starting" if not files.has_config else ""
-        return ("requeued" if job.restarts else "queued"), ""
-    error = (files.results or {}).get("error") or files.error
+        # COMPLETING: the job is ending; what follows is in its reason (a requeue), else in the run's files
+        if job.state != "COMPLETING" or "requeue" in job.reason.lower():
+            return ("requeued" if job.restarts else "queued"), ""
     if files.status == "failed":
         return "failed", str(error or "results.json says failed, and no log names an error")
     if job is not None and job.state in FAILED_ENDS:

@@ -21,13 +21,14 @@ import pytest
 
 from launchers import submit
 from pekd.engine.lease import current_holder, live_holder
+from pekd.launch_guard import active_jobs
 from pekd.status_cli import collect, main
 from slurm.local_cluster import LocalCluster
 from tests.launcher_helpers import cpu_args
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
 from tests.train_helpers import REPO, TINY, start, until, wait
 
-RECIPE = [*TINY, "method=ce", "teacher=none"]
+RECIPE = [*TINY, "method=ce", "teacher=none", "data.subset=320", "data.val_subset=100"]  # 10 steps an epoch
 
 
 def status(*argv: str) -> tuple[int, str, str]:
@@ -67,7 +68,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     failed = start([*RECIPE, "trainer.epochs=1", "trainer.lr=1e30", f"run_dir={root / 'failed'}"])
     stopped = start([*RECIPE, "trainer.epochs=30", f"run_dir={root / 'stopped'}"])
     log = root / "stopped" / "logs" / "rank0.log"
-    until(lambda: log.is_file() and "(global 20)" in log.read_text(), "the long run to train 20 steps",
+    until(lambda: log.is_file() and "(global 5)" in log.read_text(), "the long run to train 5 steps",
           procs=stopped)
     _, while_running, _ = status(str(root / "stopped"))
     stopped[0].send_signal(signal.SIGTERM)
@@ -98,7 +99,7 @@ def test_each_run_is_one_row_saying_where_it_stands(runs: tuple[Path, str], no_s
     found = rows(out)
     assert set(found) == {"done", "failed", "failed_copy", "stopped", "never"}, out
     cells, below = found["done"]
-    assert cells[1:3] == ["done", "44/44"] and re.fullmatch(r"\d+\.\d\d", cells[3]) and cells[3] == cells[4], out
+    assert cells[1:3] == ["done", "10/10"] and re.fullmatch(r"\d+\.\d\d", cells[3]) and cells[3] == cells[4], out
     assert cells[-1] == "(released)" and below == ""
     for name in ("failed", "failed_copy"):
         cells, below = found[name]
@@ -106,7 +107,7 @@ def test_each_run_is_one_row_saying_where_it_stands(runs: tuple[Path, str], no_s
     assert found["failed_copy"][0][7] == "1000_0"  # its job, from the launch record
     results = json.loads((root / "stopped" / "results.json").read_text())
     cells, below = found["stopped"]
-    assert cells[1:3] == ["stopped", f"{results['global_step']}/1320"], out  # 30 epochs of 44 steps
+    assert cells[1:3] == ["stopped", f"{results['global_step']}/300"], out  # 30 epochs of 10 steps
     assert below.startswith(f"stopped by a signal, checkpointed at step {results['global_step']}")
     cells, below = found["never"]
     assert cells[1:3] == ["not", "started"] and "1000_1" in cells and below == "no trace on disk", out
@@ -116,7 +117,7 @@ def test_each_run_is_one_row_saying_where_it_stands(runs: tuple[Path, str], no_s
 def test_a_running_run_shows_its_lease_heartbeat_and_an_eta(runs: tuple[Path, str]) -> None:
     _, out = runs
     cells, below = rows(out)["stopped"]
-    assert cells[1] == "running" and re.fullmatch(r"\d+/1320", cells[2]), out
+    assert cells[1] == "running" and re.fullmatch(r"\d+/300", cells[2]), out
     assert re.fullmatch(r"\d+(s|m\d\ds|h\d\dm)", cells[6]) and float(cells[5]) > 0, out  # ETA, images/s
     assert cells[-4] == "(heartbeat" and re.fullmatch(r"\S+:\d+", cells[-5]) and below == "", out
 
@@ -125,6 +126,10 @@ def test_exit_status_is_0_when_every_run_is_done(runs: tuple[Path, str], no_slur
     root, _ = runs
     code, out, err = status(str(root / "done"))
     assert code == 0 and err == "" and out.splitlines()[-1] == "1 run: 1 done", out
+    code, watched, _ = status(str(root / "done"), "--watch", "0.1")  # nothing left to wait for: one look, exit 0
+    assert code == 0 and watched.splitlines()[1:] == out.splitlines(), watched
+    assert watched.startswith(f"pekd status {root / 'done'}  ") and watched.splitlines()[0].endswith(
+        "every 0.1 s (Ctrl-C stops)")
 
 
 def test_failed_prints_the_commands_that_resubmit_exactly_the_failed_runs(
@@ -178,39 +183,46 @@ def test_a_sweep_on_slurm_in_every_state(slurm_env: LocalCluster, tmp_path: Path
     # Every task of the array is submitted held; releasing some decides which ones run. Then one finishes (done),
     # one trains on (running), one is held back (queued), one's trainer is SIGKILLed with --max-failures 1 (failed,
     # for good), one is requeued by hand, held (requeued 1 time).
+    t0 = time.monotonic()
     jobs = submit.main([*cpu_args(slurm_env, tmp_path, nodes=1), "--job-name", "mixed", "--max-failures", "1",
-                        "--sbatch", "hold", "-m", *RECIPE, "trainer.epochs=1,200,201,202,203"])
+                        "--sbatch", "hold", "-m", *RECIPE, "trainer.epochs=1,1000,1001,1002,1003"])
     ids = [j.job_id for j in jobs]
     [sweep] = [p for p in tmp_path.iterdir() if p.name.startswith("mixed-")]
-    done, running, requeued, failed, queued = (sweep / f"epochs={e}" for e in (1, 200, 201, 202, 203))
+    done, running, requeued, failed, queued = (sweep / f"epochs={e}" for e in (1, 1000, 1001, 1002, 1003))
     try:
         slurm_env.run("scontrol", "release", *ids[:4])
 
         def trained(run_dir: Path) -> bool:
-            return live_holder(run_dir) is not None and "(global 3)" in (run_dir / "logs" / "rank0.log").read_text()
+            log = run_dir / "logs" / "rank0.log"
+            return live_holder(run_dir) is not None and log.is_file() and "(global 3)" in log.read_text()
 
-        wait_for(lambda: all(trained(d) for d in (running, requeued, failed)), 180, "three runs to train")
-        wait_for(lambda: run_status(done) == "completed", 180, "the 1-epoch run to complete")
+        wait_for(lambda: trained(failed), 180, "a run to train")
         holder = current_holder(failed)
         assert holder is not None
         os.kill(holder.pid, signal.SIGKILL)
-        wait_for(lambda: run_status(failed) == "failed", 120, "the batch script to mark the killed run failed")
+        wait_for(lambda: trained(requeued), 180, "a run to train")
         slurm_env.run("scontrol", "requeuehold", ids[2])
-        wait_for(lambda: live_holder(requeued) is None, 60, "the requeued run's trainer to stop")
+        wait_for(lambda: trained(running), 180, "a run to train")
+        wait_for(lambda: run_status(failed) == "failed", 120, "the batch script to mark the killed run failed")
+        wait_for(lambda: slurm_env.run("squeue", "-h", "-j", ids[2], "-o", "%T").stdout.strip() == "PENDING", 60,
+                 "the requeued job to wait in the queue")
+        wait_for(lambda: run_status(done) == "completed", 180, "the 1-epoch run to complete")
 
         code, out, err = status(str(sweep))
         assert code == 1 and err == "", err
         found = rows(out)
-        assert found[done.name][0][1:3] == ["done", "44/44"], out
+        assert found[done.name][0][1:3] == ["done", "10/10"], out
         assert found[running.name][0][1] == "running" and "(heartbeat" in found[running.name][0], out
         assert found[queued.name][0][1:3] == ["queued", "-"] and f"{ids[4]} PENDING (JobHeldUser)" in out, out
         assert found[requeued.name][0][1:4] == ["requeued", "1", "time"], out
         assert found[failed.name][0][1] == "failed" and "killed by SIGKILL" in found[failed.name][1], out
         assert out.splitlines()[-1] == "5 runs: 1 done, 1 running, 1 requeued, 1 queued, 1 failed", out
 
+        print(f"\nthe sweep in every state after {time.monotonic() - t0:.0f} s")
         code, out, _ = status(str(sweep), "--failed")
         [command] = out.splitlines()
         assert command.endswith(f"--resume {failed}") and "--sbatch hold" in command, command
+        wait_for(lambda: ids[3] not in active_jobs(), 60, "the failed job to leave the queue")
         [again] = submit.main(shlex.split(command)[2:])  # it submits that run again, and only that one
         ids.append(again.job_id)
         assert [r["run_dir"] for r in json.loads((tmp_path / "launches" / f"{again.job_id}.json").read_text())["runs"]
