@@ -38,6 +38,20 @@ def _worker_init() -> None:
         signal.signal(s, _record)
 
 
+def _stop_resource_tracker() -> None:
+    """Stop and reap the helper process multiprocessing's spawn context starts beside the pool.
+
+    It otherwise ends on its own only once the driver has exited and its pipe closes, so a driver could exit while
+    a process it started still runs (a supervisor that waits for the process group, or a test, sees it). The next
+    pool starts a new one. `_stop` is CPython's own (3.8+); where it is missing, the helper ends as before.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 class NotStarted(Exception):
     """A run a worker refused because a stop signal reached the worker first."""
 
@@ -75,7 +89,8 @@ class SideBySide:
 
     def __exit__(self, *exc: object) -> None:
         assert self._pool is not None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # joins every worker process
+        _stop_resource_tracker()
         for s, h in self._previous.items():
             signal.signal(s, h)
 

@@ -110,6 +110,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     train_src, val_src = run_sources(cfg)
     plan = Plan.make(cfg.data.batch_size, env.world, cfg.data.max_micro_batch)
+    if len(train_src) < plan.global_batch:  # checked before the run directory gets its first byte
+        raise PekdError(f"the training set has {len(train_src)} samples, fewer than one global batch "
+                        f"(data.batch_size={plan.global_batch}); lower data.batch_size or use more data")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     student = build_model(cfg.model.name, train_src.num_classes, train_src.in_chans)
@@ -195,6 +198,10 @@ def run_to_completion(overrides: list[str], rerun: str = "the same command") -> 
         results = run(cfg)
     finally:
         shutdown()
+    if results["status"] == "preempted":  # a stop signal: the driver, too, exits with a stopped run's status
+        print(f"run {cfg.run_dir} stopped at a step boundary and checkpointed; rerun {rerun} to resume it",
+              file=sys.stderr, flush=True)
+        raise SystemExit(3)
     if results["status"] != "completed":
         raise PekdError(f"run {cfg.run_dir} stopped with status {results['status']}; rerun {rerun} to resume it")
     return {"run_dir": str(cfg.run_dir), "last_top1": results["last_top1"], "seconds": time.perf_counter() - t0}

@@ -11,6 +11,7 @@ images stored as JPEG (quality 90) and half raw.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ import numpy as np
 
 from pekd.data.extras import require
 from pekd.data.sources import Source, build_source
+from pekd.engine.files import write_error
 from pekd.errors import PekdError, user_errors_exit
 
 MIN_PAGE = 1 << 23  # ffcv's default page size (8 MiB); raised when one raw image would not fit
@@ -105,6 +107,8 @@ def write_beton(source: Source, out: str | Path, *, max_resolution: int = 0, wri
         raise PekdError(f"output folder {str(out.parent)!r} does not exist; create it or choose another --out")
     if len(source) == 0:
         raise PekdError(f"source {source.name}/{source.split} is empty; nothing to write")
+    if os.statvfs(out.parent).f_flag & os.ST_RDONLY:
+        raise PekdError(f"output folder {str(out.parent)!r} is on a read-only filesystem; choose another --out")
     side = max_resolution or largest_side(source)
     page = MIN_PAGE
     while page < 2 * 3 * side * side:  # FFCV's writer hangs if a sample does not fit in one page
@@ -125,9 +129,12 @@ def write_beton(source: Source, out: str | Path, *, max_resolution: int = 0, wri
                                         "write_mode": write_mode, "jpeg_quality": jpeg_quality}, indent=1))
         os.replace(tmp_side, sidecar(out))  # JSON first: a .beton never appears without its identity
         os.replace(tmp, out)
+    except OSError as e:  # a full disk or quota, a read-only remount, an I/O error
+        raise write_error(out, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
-        tmp_side.unlink(missing_ok=True)
+        for debris in (tmp, tmp_side):
+            with contextlib.suppress(OSError):  # on a read-only filesystem the unlink fails too: keep the first error
+                debris.unlink(missing_ok=True)
     return out
 
 

@@ -5,12 +5,17 @@ temp file in the same folder, fsynced, then os.replace'd over the final name and
 (even kill -9) leaves either the old file set or the new one, never a half file under a real name. Loading
 verifies the digest before unpickling (with weights_only=True), so a truncated or corrupted file is detected,
 reported and skipped in favour of the next newest. A write that fails (disk full, file size limit, read-only
-folder) removes its temp file and raises a one-line PekdError: the previous files stay as they were.
+folder) removes its temp file and raises a one-line PekdError (pekd.engine.files): the previous files stay as
+they were.
+
+Retention (`prune`) counts only checkpoints that verify: a damaged file -- on disk, or left by a partial copy of
+the run directory -- is moved aside into checkpoints/unverified/, never kept in place of a good one, so the newest
+verified checkpoint can never be deleted. Anything in the folder that is not a regular checkpoint file (a folder
+with a checkpoint's name, a symlink) is left alone.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import logging
@@ -22,63 +27,12 @@ from typing import Any
 
 import torch
 
+from pekd.engine.files import atomic_write_bytes, write_error
 from pekd.errors import PekdError
 
 MAGIC = b"PEKDCKPT1\n"
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# What to do about a failed write, by errno: the fixes a user can act on.
-# (The same writer makes feature banks, hence "or bank folder".)
-_WRITE_FIXES = {
-    errno.ENOSPC: "free space on that filesystem, or move run_dir (or the bank folder) to one with room",
-    errno.EDQUOT: "free space within your quota, or move run_dir (or the bank folder) to a filesystem with room",
-    errno.EFBIG: "raise the file size limit (ulimit -f), or move run_dir (or the bank folder) to a filesystem "
-                 "that allows larger files",
-    errno.EROFS: "move run_dir (or the bank folder) to a writable filesystem",
-    errno.EACCES: "make the folder writable, or choose another run_dir (or bank folder)",
-}
-
-
-def _write_error(path: Path, e: OSError) -> PekdError:
-    """The one-line error for a file pekd could not write: which file, why (the OS's words) and the fix."""
-    why = (e.strerror or str(e)).lower()
-    fix = _WRITE_FIXES.get(e.errno or 0, "check the filesystem holding that folder")
-    return PekdError(f"cannot write {str(path)!r}: {why}; {fix}")
-
-
-def atomic_write_bytes(path: Path, data: bytes, check: Callable[[], None] | None = None) -> None:
-    """Write `data` to `path` all or nothing (temp file, fsync, os.replace, fsync of the folder).
-
-    On any failure -- Ctrl-C mid-write included -- the temp file is removed, so a full disk is not made fuller by
-    the attempt and the folder holds no debris; an OSError becomes a PekdError naming the file and the fix.
-    `check` runs right before the replace (pekd.engine.lease: a writer that lost its run's lease writes nothing).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check()
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _write_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)
 
 
 def save(state: dict[str, Any], path: Path, check: Callable[[], None] | None = None) -> None:
@@ -88,19 +42,52 @@ def save(state: dict[str, Any], path: Path, check: Callable[[], None] | None = N
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload, check)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load and verify; raises PekdError naming the file when it is truncated, corrupt or not ours."""
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
-        raise PekdError(f"cannot read checkpoint {str(path)!r}: {e}") from None
+        raise PekdError(f"cannot read checkpoint {str(path)!r}: {(e.strerror or str(e)).lower()}; check the "
+                        "filesystem holding it, or move it aside") from None
+
+
+def _payload(path: Path, raw: bytes) -> bytes:
+    """The verified payload of a checkpoint file's bytes; PekdError naming the file when it is not one."""
     head = len(MAGIC) + 32
     if len(raw) < head or not raw.startswith(MAGIC):
         raise PekdError(f"{str(path)!r} is not a pekd checkpoint (bad header); it may be truncated")
     digest, payload = raw[len(MAGIC):head], raw[head:]
     if hashlib.sha256(payload).digest() != digest:
         raise PekdError(f"checkpoint {str(path)!r} fails its checksum (truncated or corrupted)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    return payload
+
+
+# Files verified by this process, by identity: prune re-reads the kept checkpoints at every save otherwise.
+_verified: set[tuple[str, int, int, int]] = set()
+
+
+def verify(path: Path) -> None:
+    """Raise PekdError unless `path` is a whole, uncorrupted checkpoint (the digest only: nothing is unpickled).
+
+    A file this process has verified before and that has not changed since (inode, size, mtime) is not read again.
+    """
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise PekdError(f"cannot read checkpoint {str(path)!r}: {(e.strerror or str(e)).lower()}") from None
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        _payload(path, _read(path))
+        _verified.add(key)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load and verify; raises PekdError naming the file when it is truncated, corrupt or not ours."""
+    payload = _payload(path, _read(path))
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # a digest that matches bytes torch cannot read: written by another program
+        raise PekdError(f"checkpoint {str(path)!r} verifies but cannot be unpickled ({type(e).__name__}); move it "
+                        "aside") from None
 
 
 def ckpt_path(folder: Path, global_step: int) -> Path:
@@ -116,10 +103,13 @@ def checkpoint_step(path: Path) -> int:
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints newest first (by global step)."""
-    if not folder.is_dir():
+    """Checkpoint files newest first (by global step): regular files with a checkpoint's name, nothing else."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=checkpoint_step, reverse=True)
+    found = [Path(e.path) for e in entries if _NAME.match(e.name) and e.is_file(follow_symlinks=False)]
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -147,8 +137,7 @@ def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def newest_to_resume(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """newest_valid, except that a folder whose checkpoints all fail to verify is an error: starting afresh beside
-    them would lose the run's progress without a word, and prune (newest by step first) would then delete the new
-    checkpoints before the corrupt ones."""
+    them would lose the run's progress without a word."""
     hit = newest_valid(folder)
     found = list_checkpoints(folder)
     if hit is None and found:
@@ -158,13 +147,46 @@ def newest_to_resume(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     return hit
 
 
-def prune(folder: Path, keep_last: int, check: Callable[[], None] | None = None) -> None:
-    """Keep the newest `keep_last` checkpoints (corrupt ones count too, and are removed last-in-line).
+UNVERIFIED = "unverified"
 
-    `check` runs before each removal: a writer frozen between its save and this prune may have lost the run's lease
-    meanwhile, and deleting is writing too.
+
+def _move_aside(path: Path, why: str) -> Path:
+    """Move a checkpoint that does not verify into <folder>/unverified/ (kept for inspection, out of every count)."""
+    aside = path.parent / UNVERIFIED / path.name
+    try:
+        aside.parent.mkdir(exist_ok=True)
+        if aside.exists():
+            aside = aside.with_name(f"{path.name}.{os.getpid()}-{os.urandom(3).hex()}")
+        os.replace(path, aside)
+    except OSError as e:
+        raise write_error(aside, e, "move a damaged checkpoint to") from None
+    log.warning("moved %s aside to %s: it does not verify (%s)", path.name, aside, why)
+    return aside
+
+
+def prune(folder: Path, keep_last: int, check: Callable[[], None] | None = None) -> None:
+    """Keep the newest `keep_last` checkpoints that verify; move the ones that do not aside; delete older ones.
+
+    The newest checkpoint -- just written by the caller -- is verified like every other, so a write that reached
+    the disk damaged can never cost the good checkpoint before it. `check` runs before each removal or move: a
+    writer frozen between its save and this prune may have lost the run's lease meanwhile, and deleting is
+    writing too.
     """
-    for p in list_checkpoints(folder)[max(keep_last, 1):]:
+    kept = 0
+    for p in list_checkpoints(folder):
+        try:
+            verify(p)
+        except PekdError as e:
+            if check is not None:
+                check()
+            _move_aside(p, str(e))
+            continue
+        if kept < max(keep_last, 1):
+            kept += 1
+            continue
         if check is not None:
             check()
-        p.unlink(missing_ok=True)
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as e:
+            raise write_error(p, e, "delete the old checkpoint") from None

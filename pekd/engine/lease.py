@@ -15,6 +15,10 @@ process that owns a run (global rank 0) holds its lease:
   different process that reused the pid), no heartbeat for the holder's own `stale_s` (another host: the clocks
   are assumed synchronised, as NFS and SLURM already need), or held by an earlier start of this same SLURM job
   (SLURM has requeued it, so that instance is over whatever it thinks). A stale lease is taken over, saying so.
+- A heartbeat stamped more than CLOCK_SKEW_S in this host's future (the other host's clock is ahead, or was)
+  cannot be aged by subtraction: it would look fresh until this clock caught up. The starter judges it by what it
+  observes instead -- no change of the record for the holder's `stale_s` on this host's monotonic clock is stale,
+  a change is a live holder -- watching for up to `stale_s` whatever trainer.lease_wait_s says.
 - Writing: every checkpoint, results.json and export checks, right before it replaces the file, that its lease is
   still the current one (`Lease.check`). A holder that lost it -- the old instance of a requeued job -- stops
   without writing.
@@ -41,6 +45,7 @@ from pekd.errors import PekdError
 
 log = logging.getLogger("pekd")
 FOLDER = "lease"
+CLOCK_SKEW_S = 5.0  # a heartbeat further in the future than this is judged by observation (module docstring)
 _NAME = re.compile(r"^(\d{9})\.json$")
 
 
@@ -181,6 +186,35 @@ def _create(path: Path, holder: Holder) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+class _FutureWatch:
+    """Judges leases whose heartbeat lies in this host's future by watching them (the module docstring)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.seen: dict[int, tuple[float, float]] = {}  # generation -> (heartbeat, monotonic time first seen)
+        self.alive: set[int] = set()  # generations whose heartbeat changed while watched
+
+    def judge(self, holder: Holder) -> tuple[str | None, bool]:
+        """(why it is stale, or None; whether to keep watching)."""
+        ahead = holder.heartbeat - time.time()
+        if ahead <= CLOCK_SKEW_S or holder.generation in self.alive:
+            return None, False
+        seen = self.seen.get(holder.generation)
+        if seen is not None and seen[0] != holder.heartbeat:
+            self.alive.add(holder.generation)
+            return None, False
+        if seen is None:
+            log.info("the lease of %s has a heartbeat %.0f s in this host's future (%s; its clock is ahead): "
+                     "watching it for up to %g s to tell whether its holder is alive", self.run_dir, ahead,
+                     holder.describe(), holder.stale_s)
+            seen = self.seen[holder.generation] = (holder.heartbeat, time.monotonic())
+        still = time.monotonic() - seen[1]
+        if still >= holder.stale_s:
+            return (f"its heartbeat, stamped {ahead:.0f} s in this host's future, did not change for {still:.0f} s "
+                    f"(its lease_stale_s is {holder.stale_s:g} s)"), False
+        return None, True
+
+
 class Lease:
     """The lease this process holds on a run directory (see the module docstring)."""
 
@@ -209,9 +243,15 @@ class Lease:
                             "in a folder you can write to") from None
         deadline = time.monotonic() + wait_s
         waited = False
+        watch = _FutureWatch(run_dir)
         while True:
             current = current_holder(run_dir)
             why = None if current is None else current.why_stale()
+            if current is not None and why is None:
+                why, watching = watch.judge(current)
+                if watching:
+                    time.sleep(min(1.0, max(current.stale_s / 10, 0.05)))
+                    continue
             if current is not None and why is None:
                 if time.monotonic() < deadline:
                     if not waited:

@@ -1,5 +1,10 @@
 """Per-rank logs: every rank writes run_dir/logs/rank<r>.log (its log records) and rank<r>.out (a copy of its
-stdout and stderr, warnings and tracebacks included); only rank 0 also talks to the console."""
+stdout and stderr, warnings and tracebacks included); only rank 0 also talks to the console.
+
+A log file that can no longer be written (a full disk, a read-only remount) is given up, and the console keeps
+everything: otherwise the one `error:` line about the full disk would itself fail to print, with a traceback, and
+logging would add a "--- Logging error ---" page for every record.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +19,39 @@ class Tee:
 
     def __init__(self, console: IO[str] | None, file: IO[str]) -> None:
         self.console, self.file = console, file
+        self.broken = False  # the file failed once (module docstring): the console alone from then on
 
     def write(self, text: str) -> int:
         if self.console is not None:
             self.console.write(text)
-        self.file.write(text)
+        if not self.broken:
+            try:
+                self.file.write(text)
+            except OSError:
+                self.broken = True
         return len(text)
 
     def flush(self) -> None:
         if self.console is not None:
             self.console.flush()
-        self.file.flush()
+        if not self.broken:
+            try:
+                self.file.flush()
+            except OSError:
+                self.broken = True
 
     def isatty(self) -> bool:
         return self.console is not None and self.console.isatty()
 
     def fileno(self) -> int:
         return (self.console or self.file).fileno()
+
+
+class _FileHandler(logging.FileHandler):
+    """A log file whose failed writes are dropped without logging's traceback page (module docstring)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 -- logging's name
+        pass
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
@@ -49,7 +70,7 @@ def setup_logging(run_dir: Path, rank: int) -> None:
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
-    fh = logging.FileHandler(logs / f"rank{rank}.log")
+    fh = _FileHandler(logs / f"rank{rank}.log")
     fh.setFormatter(fmt)
     logger.addHandler(fh)
     if rank == 0:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from pekd.engine.distributed import all_reduce_sum
+from pekd.engine.files import write_error
 from pekd.engine.metrics_csv import MetricsCSV
 from pekd.engine.progress import Progress
 from pekd.engine.tracker import WandbTracker
@@ -83,14 +84,23 @@ class Metrics:
     """Log lines on every rank (its own log file); TensorBoard events, metrics.csv and the tracker on rank 0."""
 
     def __init__(self, run_dir: Path, is_main: bool, resumed_step: int, tracker: WandbTracker | None = None,
-                 check: Callable[[], None] | None = None) -> None:
-        # Events after the checkpoint (a killed start's) are dropped; the checkpoint's own step is kept.
+                 check: Callable[[], None] | None = None, evaluation_pending: bool = False) -> None:
+        # Each (step, tag) once, whatever the crash point: TensorBoard drops every event from the checkpoint's step
+        # on (purge_step), metrics.csv drops the rows the checkpoint had not seen (pekd.engine.metrics_csv), and
+        # the rows it keeps at that step are written to TensorBoard again; what follows is logged anew.
         # `check` raises when this process no longer owns the run (its lease was taken over): metrics.csv is one
         # file per run, so an old instance appending to it would interleave rows with the new owner's.
         self.check = check
-        purge = resumed_step + 1 if resumed_step else None
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge) if is_main else None
-        self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step) if is_main else None
+        self.writer, self.csv = None, None
+        if is_main:
+            self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step, evaluation_pending)
+            try:
+                self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step or None)
+            except OSError as e:
+                raise write_error(run_dir / "tb", e, "write TensorBoard events in") from None
+            for tag, v in self.csv.at_resume.items():
+                self.writer.add_scalar(tag, v, resumed_step)
+            self.flush()
         self.tracker = tracker
 
     def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float) -> None:
@@ -102,15 +112,25 @@ class Metrics:
                                      "train/images_per_s": stats.images_per_s})
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Log `values` at `step` everywhere, flushed before returning: nothing waits in TensorBoard's queue for a
+        background thread to write it later -- after a freeze in which this process may have lost its lease."""
         if self.check is not None:
             self.check()
         if self.writer is not None:
             for tag, v in values.items():
                 self.writer.add_scalar(tag, v, step)
+            self.flush()
         if self.csv is not None:
             self.csv.add(step, values)
         if self.tracker is not None:
             self.tracker.log(step, values)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.flush()
+            except OSError as e:
+                raise write_error(self.writer.log_dir, e, "write TensorBoard events in") from None
 
     def close(self) -> None:
         if self.writer is not None:

@@ -1,9 +1,12 @@
 """metrics.csv beside TensorBoard's events: every scalar a run logs, one row each, for pandas or a spreadsheet.
 
 Long format (step, tag, value, time) so that a term added later or an evaluation every few epochs needs no new
-columns: `pd.read_csv(run_dir / "metrics.csv").pivot_table(index="step", columns="tag", values="value")`. A
-resumed run drops the rows past its checkpoint, as TensorBoard's purge_step drops those events, so a step that is
-trained again after a preemption appears once.
+columns: `pd.read_csv(run_dir / "metrics.csv").pivot_table(index="step", columns="tag", values="value")`.
+
+Each (step, tag) appears once whatever the crash point: a resumed run keeps the rows its checkpoint had seen and
+drops the rest -- rows past the checkpoint's step (that step is trained again), and, when the checkpoint says its
+epoch's evaluation is pending, that evaluation's rows at the checkpoint's step (it runs again). The rows kept at
+the checkpoint's own step are what pekd.engine.metrics replays into TensorBoard, which is purged from that step.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import csv
 import time
 from pathlib import Path
 
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes, write_error
 
 HEADER = ["step", "tag", "value", "time"]
 
@@ -20,28 +23,43 @@ HEADER = ["step", "tag", "value", "time"]
 class MetricsCSV:
     """Rank 0's appender; rows reach the file line by line (a killed run keeps what it logged)."""
 
-    def __init__(self, path: Path, resumed_step: int) -> None:
+    def __init__(self, path: Path, resumed_step: int, evaluation_pending: bool = False) -> None:
         self.path = path
-        if path.is_file():
-            self._keep_through(resumed_step)
-        new = not path.is_file()
-        self.file = open(path, "a", newline="", buffering=1)  # noqa: SIM115 -- closed by close()
+        self.at_resume: dict[str, float] = {}  # the kept rows of the resumed step: tag -> value
+        try:
+            if path.is_file():
+                self._keep_through(resumed_step, evaluation_pending)
+            new = not path.is_file()
+            self.file = open(path, "a", newline="", buffering=1)  # noqa: SIM115 -- closed by close()
+        except OSError as e:
+            raise write_error(path, e) from None
         self.writer = csv.writer(self.file)
         if new:
             self.writer.writerow(HEADER)
 
-    def _keep_through(self, step: int) -> None:
+    def _keep_through(self, step: int, evaluation_pending: bool) -> None:
         with open(self.path, newline="") as f:
             rows = [r for r in csv.reader(f)]
-        kept = [HEADER] + [r for r in rows[1:] if len(r) == len(HEADER) and r[0].isdigit() and int(r[0]) <= step]
+
+        def kept_row(r: list[str]) -> bool:
+            if len(r) != len(HEADER) or not r[0].isdigit():
+                return False
+            at = int(r[0])
+            return at < step or (at == step and not (evaluation_pending and r[1].startswith("val/")))
+
+        kept = [HEADER] + [r for r in rows[1:] if kept_row(r)]
+        self.at_resume = {r[1]: float(r[2]) for r in kept[1:] if int(r[0]) == step}
         if len(kept) != len(rows):
             lines = "".join(",".join(r) + "\r\n" for r in kept)
             atomic_write_bytes(self.path, lines.encode())
 
     def add(self, step: int, values: dict[str, float]) -> None:
         now = f"{time.time():.3f}"
-        for tag, value in values.items():
-            self.writer.writerow([step, tag, repr(float(value)), now])
+        try:
+            for tag, value in values.items():
+                self.writer.writerow([step, tag, repr(float(value)), now])
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def close(self) -> None:
         self.file.close()

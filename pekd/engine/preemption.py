@@ -1,4 +1,9 @@
-"""Preemption: SIGUSR2 (submitit's signal) or SIGTERM asks the trainer to stop at the next step boundary.
+"""Preemption: SIGUSR2 (submitit's signal), SIGTERM or Ctrl-C (SIGINT) asks the trainer to stop at the next step
+boundary.
+
+Ctrl-C is a stop like the others -- checkpoint, exit status 3 -- not a KeyboardInterrupt that loses the steps since
+the last checkpoint. A second Ctrl-C is a user who will not wait: the process exits at once (status 130) with one
+line and no traceback; every file it had written is whole (pekd.engine.files), and the last checkpoint is kept.
 
 The handler only records (flag, signal, count): Python runs it between two bytecodes of the main thread, possibly
 in the middle of a write to a log file, so a handler that logged would re-enter that file's buffered writer ("Logging
@@ -17,7 +22,17 @@ import sys
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+_NOW = (b"pekd: second Ctrl-C: exiting now, without a checkpoint of the steps since the last one (kept); run the "
+        b"same command again to resume\n")
+
+
+def exit_now_on_second_interrupt(count: int) -> None:
+    """The second Ctrl-C: one line and exit 130 at once. os.write and os._exit only, as a signal handler may run in
+    the middle of any write (a buffered writer would be re-entered); the atomic writers leave no half file."""
+    if count >= 2:
+        os.write(2, _NOW)
+        os._exit(130)
 
 
 def _quiet_ignored_signal_races() -> None:
@@ -43,12 +58,16 @@ class StopSignal:
         self.requested = False
         self.signum: int | None = None
         self.count = 0  # signals received: a storm is reported as one line with its size, not one line each
+        self.interrupts = 0  # Ctrl-Cs among them: the second one exits at once
         self._owner = os.getpid()
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Record only: no I/O, no logging, no locks (see the module docstring), and as few bytecodes as possible.
         if os.getpid() == self._owner:
+            if signum == signal.SIGINT:
+                self.interrupts += 1
+                exit_now_on_second_interrupt(self.interrupts)
             self.requested, self.signum, self.count = True, signum, self.count + 1
 
     def describe(self) -> str:
@@ -56,7 +75,8 @@ class StopSignal:
         where the stop came from when this rank received nothing (the ranks agree on a stop any one of them got)."""
         if self.signum is None:
             return "another rank received a stop signal"
-        return f"received {signal.Signals(self.signum).name} (x {self.count:,})"
+        name = "Ctrl-C (SIGINT)" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+        return f"received {name} (x {self.count:,})"
 
     def __enter__(self) -> StopSignal:
         for s in SIGNALS:
@@ -66,15 +86,25 @@ class StopSignal:
     def __exit__(self, *exc: object) -> None:
         for s, h in self._previous.items():
             # once a stop is under way, a repeated signal must not kill the checkpointed process (the default
-            # action of SIGUSR2/SIGTERM): its exit status 3 is what tells a launcher to resume it
+            # action of SIGUSR2/SIGTERM): its exit status 3 is what tells a launcher to resume it; Python's own
+            # Ctrl-C handler would raise KeyboardInterrupt with a traceback on the way out
+            if self.requested and s == signal.SIGINT and h is signal.default_int_handler:
+                signal.signal(s, self._late_interrupt)
+                continue
             ignore = self.requested and not callable(h)
             if ignore:
                 _quiet_ignored_signal_races()
             signal.signal(s, signal.SIG_IGN if ignore else h)
 
+    def _late_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-C after the stop's checkpoint, while the process winds down: the second one exits at once."""
+        if os.getpid() == self._owner:
+            self.interrupts += 1
+            exit_now_on_second_interrupt(self.interrupts)
+
     def chain(self) -> None:
         """After the checkpoint: let the previous handler (e.g. submitit's requeue) act on the same signal."""
         prev = self._previous.get(self.signum) if self.signum is not None else None
-        if callable(prev) and self.signum is not None:
+        if callable(prev) and prev is not signal.default_int_handler and self.signum is not None:
             signal.signal(self.signum, prev)
             prev(self.signum, None)

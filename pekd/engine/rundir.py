@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes, write_json
 from pekd.engine.lease import FOLDER as LEASE_FOLDER
 from pekd.engine.lease import Lease, live_holder
 from pekd.errors import PekdError
@@ -198,6 +197,9 @@ def _check_usable(run_dir: Path) -> None:
     if not folder.is_dir():
         raise PekdError(f"run_dir={str(run_dir)!r} lies under {str(folder)!r}, which is a file, not a folder; "
                         "choose another run_dir")
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        raise PekdError(f"run_dir={str(run_dir)!r}: {str(folder)!r} is on a read-only filesystem; remount it "
+                        "writable or choose a run_dir on a writable filesystem")
     if not os.access(folder, os.W_OK | os.X_OK | os.R_OK):
         raise PekdError(f"run_dir={str(run_dir)!r}: no permission to write in {str(folder)!r}; choose a run_dir "
                         "in a folder you can write to")
@@ -227,7 +229,3 @@ def describe_environment() -> dict[str, Any]:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "host": socket.gethostname(),
             "argv": sys.argv, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "world_size": int(os.environ.get("WORLD_SIZE", "1")), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def write_json(path: Path, obj: Any, check: Callable[[], None] | None = None) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), check)

@@ -51,6 +51,7 @@ from pekd.engine.step import GradientStep, StepResult, step_seed
 from pekd.engine.tracker import open_tracker
 from pekd.errors import PekdError
 from pekd.methods.base import TrainModule
+from pekd.models.loading import first_bad_key
 
 __all__ = ["Trainer", "amp_dtype"]  # amp_dtype: imported from here by pekd.teacher.precompute and the benches
 
@@ -114,12 +115,26 @@ class Trainer:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def load_state_dict(self, s: dict[str, Any]) -> None:
+    def load_state_dict(self, s: dict[str, Any], path: Path | None = None) -> None:
+        where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
+        fix = ("it was written for another model, method or projector count: use another run_dir, or "
+               "on_existing=overwrite to move the old run aside")
+        missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step",
+                               "best_top1", "history", "global_batch", "seed") if k not in s]
+        if missing:
+            raise PekdError(f"{where} is not a pekd training checkpoint (no {', '.join(missing)}); move it aside")
         if s["global_batch"] != self.plan.global_batch or s["seed"] != self.cfg.seed:
             raise PekdError(f"checkpoint was written with global batch {s['global_batch']} and seed {s['seed']}, "
                             f"this run has {self.plan.global_batch} and {self.cfg.seed}; resume with the same recipe")
+        bad = first_bad_key(self.module.state_dict(), s["model"])
+        if bad is not None:
+            raise PekdError(f"{where} does not fit this run's {self.cfg.model.name} + {self.cfg.method.name} "
+                            f"(q={self.cfg.method.q}): first bad key {bad}; {fix}")
         self.module.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        try:
+            self.optimizer.load_state_dict(s["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise PekdError(f"{where}: its optimizer state does not fit this run's ({e}); {fix}") from None
         current_lr = self.optimizer.param_groups[0]["lr"]
         if "lr" in s:
             load_scheduler_state(self.scheduler, s["scheduler"])
@@ -134,7 +149,7 @@ class Trainer:
                                  list(s["history"]), s.get("pending_eval"), s.get("lr", current_lr))
 
     def resume(self, state: dict[str, Any], path: Path) -> None:
-        self.load_state_dict(state)
+        self.load_state_dict(state, path)
         p = self.progress
         log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d%s", path, p.epoch,
                  p.step_in_epoch, p.global_step, "" if p.pending_eval is None else
@@ -150,6 +165,8 @@ class Trainer:
                             "lower trainer.lr or set trainer.grad_clip")
         if not self.env.is_main:
             return
+        if self.metrics is not None:  # every scalar up to this step is on disk before the checkpoint says it is
+            self.metrics.flush()
         path = ckpt.ckpt_path(self.ckpt_dir, self.progress.global_step)
         lease = self.lease
         if lease is None:
@@ -201,17 +218,31 @@ class Trainer:
                         observe=observe)
 
     # ---------------------------------------------------------------- loop
+    def finished(self) -> str | None:
+        """'completed' or 'stopped' (at trainer.max_steps) when there is nothing left to train or evaluate."""
+        p, tc = self.progress, self.tc
+        if p.pending_eval is not None:
+            return None
+        if p.epoch >= tc.epochs:
+            return "completed"
+        return "stopped" if tc.max_steps and p.global_step >= tc.max_steps else None
+
     def fit(self) -> dict[str, Any]:
         env, tc, p = self.env, self.tc, self.progress
         lease = self.lease
-        self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
-                               open_tracker(self.cfg, self.run_dir) if env.is_main else None,
-                               None if lease is None else lambda: lease.check("its metrics (metrics.csv, tb/)"))
-        self.module.train()
         steps = self.train_loader.steps_per_epoch
         if steps == 0:
             raise PekdError(f"the training set has fewer samples than one global batch ({self.plan.global_batch}); "
                             "lower data.batch_size or use more data")
+        done = self.finished()
+        if done is not None:  # a rerun of a finished run trains nothing and writes nothing
+            self._summary(done)
+            return self.results(done)
+        self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
+                               open_tracker(self.cfg, self.run_dir) if env.is_main else None,
+                               None if lease is None else lambda: lease.check("its metrics (metrics.csv, tb/)"),
+                               evaluation_pending=p.pending_eval is not None)
+        self.module.train()
         with StopSignal() as stop:
             # a run stopped during an evaluation resumes with it: it ran after the checkpoint, so it comes first
             status = "running" if p.pending_eval is None else self._evaluate_epoch(stop)
@@ -221,6 +252,8 @@ class Trainer:
                 status = "completed"
             self._write_results(status)
             self.metrics.close()
+            if status in ("completed", "stopped"):
+                self._summary(status)
             if status == "preempted":
                 stop.chain()
             elif stop.requested:  # after the last check: nothing left to stop, and nothing else said it
@@ -276,6 +309,9 @@ class Trainer:
                 return "preempted"
             if tc.max_steps and p.global_step >= tc.max_steps:
                 self.save_checkpoint()
+                log.info("stopped at trainer.max_steps=%d, checkpointed at global step %d (epoch %d, step %d); "
+                         "raise trainer.max_steps and run the same command to go on", tc.max_steps, p.global_step,
+                         p.epoch, p.step_in_epoch)
                 return "stopped"
             if tc.ckpt_every_steps and p.global_step % tc.ckpt_every_steps == 0 and p.step_in_epoch < steps:
                 self.save_checkpoint()
@@ -338,6 +374,17 @@ class Trainer:
         self._write_results("failed")
         raise PekdError(f"non-finite loss {where}; the last good checkpoint {self._newest_checkpoint()} is kept; "
                         "lower trainer.lr, set trainer.grad_clip, or check the teacher features")
+
+    def _summary(self, status: str) -> None:
+        """The line a user looks for at the end (and on a rerun of a finished run): what the run achieved."""
+        r = self.results(status)
+        if status == "completed":
+            head = f"complete: {self.tc.epochs} epochs, global step {self.progress.global_step}"
+        else:
+            head = f"stopped at trainer.max_steps={self.tc.max_steps} (global step {self.progress.global_step})"
+        accuracy = ("no evaluation yet" if r["best_top1"] != r["best_top1"] else
+                    f"best top-1 {r['best_top1']:.2f}%, last top-1 {r['last_top1']:.2f}%")
+        log.info("%s: %s; %s", head, accuracy, self.run_dir / "results.json")
 
     def results(self, status: str) -> dict[str, Any]:
         return run_results(self.cfg, self.progress, status, self.env.world, self.data_sets)

@@ -62,7 +62,7 @@ def load_weights(model: nn.Module, path: str, *, config_key: str = "teacher.name
     """
     state, meta = read_weights(path)
     arch = getattr(model, "arch", type(model).__name__)
-    bad = _first_bad_key(model.state_dict(), state)
+    bad = first_bad_key(model.state_dict(), state)
     if bad is not None:
         what = f" (a pekd export of {meta['arch']})" if meta is not None else ""
         raise PekdError(f"checkpoint {path}{what} does not fit model {arch}: first bad key {bad}; "
@@ -80,7 +80,7 @@ def load_student(path: str) -> nn.Module:
         raise PekdError(f"{path} is not a pekd export (no pekd metadata): it does not say which model it is; "
                         "build the model with pekd.models.build_model and use load_weights")
     model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["in_chans"]))
-    bad = _first_bad_key(model.state_dict(), state)
+    bad = first_bad_key(model.state_dict(), state)
     if bad is not None:
         raise PekdError(f"pekd export {path} does not fit its own model {meta['arch']}: first bad key {bad}")
     model.load_state_dict(state, strict=True)
@@ -117,7 +117,7 @@ def _state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _first_bad_key(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+def first_bad_key(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
     """Describe the first mismatch in the model's own key order, else the first key the model lacks."""
     for key, tensor in expected.items():
         if key not in state:
