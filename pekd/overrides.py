@@ -14,11 +14,12 @@ import difflib
 import os
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from pekd.errors import PekdError
+
+if TYPE_CHECKING:  # omegaconf is imported where it is used: `pekd train --help` imports this module for its hints
+    from omegaconf import DictConfig
 
 SWEEP_HINT = ("sweeps run through `pekd submit -m ...` (a SLURM job array; add --local to run them on this "
               "machine), one run directory per point")
@@ -84,6 +85,8 @@ def config_groups() -> dict[str, list[str]]:
 @cache
 def known_keys() -> list[str]:
     """Every dotted key of pekd's schema."""
+    from omegaconf import OmegaConf
+
     from pekd.config import Config
 
     return schema_keys(OmegaConf.structured(Config))
@@ -91,6 +94,8 @@ def known_keys() -> list[str]:
 
 def schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
     """Every dotted key of a config, without resolving interpolations or reading mandatory values."""
+    from omegaconf import DictConfig
+
     keys = []
     for key in node.keys():
         dotted = f"{prefix}{key}"
@@ -104,6 +109,8 @@ def schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
 def check_schema_keys(cfg: DictConfig, schema: type) -> None:
     """Every key of the composed config must be one of the schema's. Overrides were checked one by one before
     composition, so a key found here comes from a config file (an experiment of a PEKD_CONFIG_PATH folder)."""
+    from omegaconf import OmegaConf
+
     known = schema_keys(OmegaConf.structured(schema))
     extra = [k for k in schema_keys(cfg) if k not in known]
     if extra:
@@ -116,6 +123,8 @@ def check_schema_keys(cfg: DictConfig, schema: type) -> None:
 
 def check_model_names(cfg: DictConfig) -> None:
     """model.name and teacher.name must be registry names: fail at composition, not when the job starts."""
+    from omegaconf import OmegaConf
+
     from pekd.models.registry import MODEL_NAMES
 
     for key in ("model.name", "teacher.name"):
