@@ -18,27 +18,29 @@ from typing import Any
 from pekd import __version__
 from pekd.errors import PekdError, user_errors_exit
 
-# command -> (modules to try in order, what it does). `submit` lives in launchers/, which a wheel (and an editable
-# install) carries as pekd.launchers; a plain checkout on PYTHONPATH has it as launchers.
+# command -> (its function as "module:function", in the places to try in order; what it does). The function is the
+# one its pekd-<command> console script calls, and is called the same way: sys.exit(function(argv)). `submit` lives
+# in launchers/, which a wheel (and an editable install) carries as pekd.launchers; a plain checkout on PYTHONPATH
+# has it as launchers.
 COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "train": (("pekd.train_cli",), "train one run: Hydra overrides, --help lists experiments and groups"),
-    "submit": (("pekd.launchers.submit", "launchers.submit"),
+    "train": (("pekd.train_cli:main",), "train one run: Hydra overrides, --help lists experiments and groups"),
+    "submit": (("pekd.launchers.submit:console", "launchers.submit:console"),
                "submit runs or sweeps to SLURM (or --local: this machine), one run directory each"),
-    "status": (("pekd.status_cli",), "where every run of a folder, sweep or study stands"),
-    "report": (("pekd.report",), "mean and 95% CI per configuration, paired comparisons, verdicts"),
-    "analyze": (("pekd.analyze",), "what distillation did to a run: CKA, calibration, projector diagnostics"),
-    "evaluate": (("pekd.evaluate",), "top-1/top-5 of a run's exported student"),
-    "precompute": (("pekd.precompute",), "write a teacher feature bank (teacher.mode=bank)"),
-    "write-dataset": (("pekd.write_dataset",), "write a source to an FFCV .beton (data.pipeline=ffcv)"),
-    "demo": (("pekd.demo",), "the paper's two claims on Fashion-MNIST, paired by seed (about ten minutes)"),
-    "study": (("pekd.study",), "the claims along the training budget on Fashion-MNIST"),
+    "status": (("pekd.status_cli:main",), "where every run of a folder, sweep or study stands"),
+    "report": (("pekd.report:main",), "mean and 95% CI per configuration, paired comparisons, verdicts"),
+    "analyze": (("pekd.analyze:main",), "what distillation did to a run: CKA, calibration, projector diagnostics"),
+    "evaluate": (("pekd.evaluate:main",), "top-1/top-5 of a run's exported student"),
+    "precompute": (("pekd.precompute:main",), "write a teacher feature bank (teacher.mode=bank)"),
+    "write-dataset": (("pekd.write_dataset:main",), "write a source to an FFCV .beton (data.pipeline=ffcv)"),
+    "demo": (("pekd.demo:main",), "the paper's two claims on Fashion-MNIST, paired by seed (about ten minutes)"),
+    "study": (("pekd.study:main",), "the claims along the training budget on Fashion-MNIST"),
 }
 
 
 def _available() -> dict[str, tuple[tuple[str, ...], str]]:
     """The commands this install has: `status` only once its module exists (it is filled in separately)."""
-    return {name: (modules, about) for name, (modules, about) in COMMANDS.items()
-            if name != "status" or importlib.util.find_spec(modules[0]) is not None}
+    return {name: (targets, about) for name, (targets, about) in COMMANDS.items()
+            if name != "status" or importlib.util.find_spec(targets[0].partition(":")[0]) is not None}
 
 
 def usage() -> str:
@@ -52,27 +54,32 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _load(target: str) -> Callable[[list[str]], Any]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+
 def entry_point(command: str) -> Callable[[list[str]], Any]:
-    """The `main(argv)` of a command, importing its module (and nothing else's) now."""
+    """The function of a command, importing its module (and nothing else's) now."""
     commands = _available()
     if command not in commands:
         near = difflib.get_close_matches(command, list(commands), n=1, cutoff=0.5)
         hint = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(commands)}"
         raise PekdError(f"pekd {command}: no such command ({hint}); `pekd --help` lists them")
     *elsewhere, last = commands[command][0]
-    for name in elsewhere:
+    for target in elsewhere:
         try:
-            return importlib.import_module(name).main  # type: ignore[no-any-return]
+            return _load(target)
         except ModuleNotFoundError as e:  # only the module itself missing moves on to the next place to look
-            if e.name is None or not name.startswith(e.name):
+            if e.name is None or not target.startswith(e.name):
                 raise
-    return importlib.import_module(last).main  # type: ignore[no-any-return]
+    return _load(last)
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch to the command's own `main`; exit status 0 after it returns, whatever it returns (a Python caller's
-    value, such as submit's jobs, is not an exit status), its own status when it exits."""
+    """Run the command as its console script would: its exit status is what the function returns (None: 0) or
+    exits with."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         raise PekdError(f"pekd needs a command: {', '.join(_available())}; `pekd --help` says what each does")
@@ -85,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
     if args[0].startswith("-"):
         raise PekdError(f"unknown option {args[0]}; give a command first (`pekd --help` lists them), then its "
                         "options")
-    entry_point(args[0])(args[1:])
+    sys.exit(entry_point(args[0])(args[1:]))
