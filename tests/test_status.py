@@ -138,13 +138,13 @@ def test_failed_prints_the_commands_that_resubmit_exactly_the_failed_runs(
     root, _ = runs
     code, out, _ = status(str(root), "--failed")
     assert code == 1
-    train, resubmit = sorted(out.splitlines())
-    # a run of `python -m pekd.train`: that command again, its run directory spelled out
-    assert train == shlex.join(["python", "-m", "pekd.train", *RECIPE, "trainer.epochs=1", "trainer.lr=1e30",
+    resubmit, train = sorted(out.splitlines())
+    # a run of `pekd train` (here `python -m pekd.train`): that command again, its run directory spelled out
+    assert train == shlex.join(["pekd", "train", *RECIPE, "trainer.epochs=1", "trainer.lr=1e30",
                                 f"run_dir={root / 'failed'}"])
-    # a submitted run: submit.py --resume with the resources of its submission, without --after (that job is over)
-    python, script, *argv = shlex.split(resubmit)
-    assert (python, Path(script)) == ("python", REPO / "launchers" / "submit.py")
+    # a submitted run: submit --resume with the resources of its submission, without --after (that job is over)
+    pekd, command, *argv = shlex.split(resubmit)
+    assert (pekd, command) == ("pekd", "submit"), resubmit
     args = submit.parse_args(argv)
     assert args.resume == [root / "failed_copy"] and args.overrides == [] and not args.multirun, resubmit
     assert (args.gpus, args.partition, args.time, args.folder, args.after) == (0, "debug", 10, root, None)
