@@ -21,8 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     from pekd.engine.distributed import shutdown
-    from pekd.teacher.dry_run import dry_run
-    from pekd.teacher.precompute import precompute
+    from pekd.teacher.precompute import dry_run, precompute
     from pekd.train import compose_config
 
     cfg = compose_config([a for a in args if a != "--dry-run"])

@@ -22,9 +22,8 @@ from pekd.data.sources import build_source
 from pekd.errors import PekdError
 from pekd.models import build_model, read_weights
 from pekd.teacher.bank import BankTeacher
-from pekd.teacher.dry_run import dry_run
 from pekd.teacher.online import OnlineTeacher
-from pekd.teacher.precompute import precompute
+from pekd.teacher.precompute import dry_run, precompute
 from pekd.train import compose_config, run
 from tests.train_helpers import TINY, Child, env_for, final_model, free_port, spawn, until, wait
 
