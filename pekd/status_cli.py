@@ -37,9 +37,7 @@ def _slurm_jobs(files: dict[Path, RunFiles], launched: dict[Path, Launch]) -> tu
     live, why = queued_jobs(sorted({job.split("_")[0] for job in ask.values()}))
     if live is None:
         return {}, [f"note: no SLURM controller answers ({why}): {FILES_ONLY}"]
-    holders = {d: files[d].holder for d in ask}
-    ended = [job for d, job in ask.items() if job not in live
-             and not (holders[d] is not None and holders[d].why_stale() is None)]
+    ended = [job for job in ask.values() if job not in live]
     if not ended:
         return live, []
     accounted, why = ended_jobs(sorted(set(ended)))

@@ -148,7 +148,8 @@ def read_run_files(run_dir: Path) -> RunFiles:
         if files.epochs is None and isinstance(files.results.get("epochs"), int):
             files.epochs = files.results["epochs"]
     _metrics(files)
-    _logs(files)
+    if files.status != "completed":  # a finished run's logs have nothing its results.json does not say
+        _logs(files)
     if files.steps_per_epoch is None and files.results and files.status in ("running", "completed"):
         # written at an epoch's end: the global step is a whole number of epochs
         epoch, step = files.results.get("epoch"), files.results.get("global_step")

@@ -97,7 +97,9 @@ def _judge(files: RunFiles, launch: Launch | None, job: Job | None) -> tuple[str
     if files.status == "completed":
         return "done", ""
     holder = files.holder
-    if holder is not None and holder.why_stale() is None:
+    # A fresh heartbeat on another node goes stale only after lease_stale_s; SLURM knows at once that its job ended.
+    job_ended = job is not None and not job.live and holder is not None and holder.job_id == job.job_id
+    if holder is not None and holder.why_stale() is None and not job_ended:
         return "running", ""
     error = (files.results or {}).get("error") or files.error
     if files.status == "failed" and launch is not None and (files.results or {}).get("job_id") == launch.job_id:
