@@ -26,9 +26,11 @@ from pekd.report_csv import report_csv, report_json
 from pekd.report_labels import group_rows
 from pekd.report_markdown import markdown
 from pekd.report_plot import plot, plot_along
-from pekd.stats import Run
+from pekd.report_runs import Run
 
-__all__ = ["find_runs", "group_rows", "main"]
+__all__ = ["OPTIONS_FILE", "find_runs", "group_rows", "main"]
+# A sweep's own report options, fixed when it was planned (pekd.study writes it): used when none are typed.
+OPTIONS_FILE = "report-options.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -82,35 +84,61 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="where report.md/.json/.csv/.png go (default: ROOT)")
     ap.add_argument("--compare", action="append", metavar="A>B",
                     help="a claim to test, two row labels as printed (repeatable; default: every pair of a family)")
-    ap.add_argument("--along", action="append", metavar="KEY", default=[],
+    ap.add_argument("--along", action="append", metavar="KEY",
                     help="a config key (data.subset, trainer.epochs, method.beta, ...): the report at every value of "
                     "it, each claim as a curve along it (repeatable: the first is the plots' x axis)")
-    ap.add_argument("--test", choices=sorted(stats.TESTS), default="perm",
+    ap.add_argument("--test", choices=sorted(stats.TESTS),
                     help="the p the verdicts use: perm (exact sign-flip, default; needs 6+ paired seeds to reach 5%%) "
                     "or t (paired t-test, the test behind the CIs shown)")
+    ap.add_argument("--margin", type=float, metavar="POINTS",
+                    help=f"equivalence margin in top-1 points: a claim not supported is called equivalent when two "
+                    f"one-sided t-tests place its difference within ±POINTS (default {stats.MARGIN})")
     args = ap.parse_args(argv)
     if not args.root.is_dir():
         raise PekdError(f"{str(args.root)!r} is not a directory")
+    options_file = args.root / OPTIONS_FILE
+    from_file = not (args.compare or args.along or args.test or args.margin is not None) and options_file.is_file()
+    if from_file:  # the options the sweep fixed for its own report (pekd.study writes them before any result)
+        args = ap.parse_args([str(args.root), *(["--out", str(args.out)] if args.out else []),
+                              *_read_options(options_file)])
+    margin = stats.MARGIN if args.margin is None else args.margin
+    if not margin > 0:
+        raise PekdError(f"--margin {args.margin}: the equivalence margin must be a positive number of top-1 points "
+                        f"(default {stats.MARGIN})")
+    test = args.test or "perm"
     runs = find_runs(args.root)
     if not runs:
         raise PekdError(f"no pekd runs (config.yaml / results.json) under {str(args.root)!r}")
-    keys: list[str] = list(dict.fromkeys(args.along))
-    pts = points(runs, keys, args.compare, args.test)
+    keys: list[str] = list(dict.fromkeys(args.along or []))
+    completed = [r for r in runs if r.status == "completed" and r.config]
+    pts = points(runs, keys, args.compare, test, margin) if any(r.config for r in runs) else []
     flagged = [r for r in runs if r.status != "completed"]
     out = (args.out or args.root).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(args.root, pts, keys, flagged, args.test)  # the root as typed: no machine's absolute path
+    used = f"{options_file} ({' '.join(_read_options(options_file))})" if from_file else None
+    text = markdown(args.root, pts, keys, flagged, test, used)  # the root as typed: no machine's absolute path
     (out / "report.md").write_text(text)
-    summary = report_json(args.root.resolve(), pts, keys, flagged, args.test)
+    summary = report_json(args.root.resolve(), pts, keys, flagged, test)
     (out / "report.json").write_text(json.dumps({**summary, "root": str(args.root)}, indent=1) + "\n")
     (out / "report.csv").write_text(report_csv(pts, keys))
-    if keys:
+    written = ["md", "json", "csv"]
+    if completed and keys:
         plot_along(pts, keys, out / "report.png")
-    else:
+    elif completed:
         plot(pts[0], out / "report.png")
-    written = ", ".join(str(out / f"report.{ext}") for ext in ("md", "json", "csv", "png"))
-    print(text + f"\nwritten: {written}")
+    else:  # nothing to draw: an older plot beside this report would show runs it no longer has
+        (out / "report.png").unlink(missing_ok=True)
+    written += ["png"] if completed else []
+    print(text + f"\nwritten: {', '.join(str(out / f'report.{ext}') for ext in written)}")
 
+
+def _read_options(path: Path) -> list[str]:
+    """The command-line options a sweep stored for its report: {"options": ["--along", "data.subset", ...]}."""
+    options = _read_json(path).get("options")
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise PekdError(f"{str(path)!r} has no list of option strings under \"options\"; fix or move the file, or "
+                        "give the options on the command line")
+    return options
 
 if __name__ == "__main__":
     main()

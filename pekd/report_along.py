@@ -16,7 +16,7 @@ from typing import Any
 from pekd import stats
 from pekd.errors import PekdError
 from pekd.report_labels import group_rows, natural
-from pekd.stats import Row, Run
+from pekd.report_runs import NOT_EXPERIMENT, Row, Run, claims, compare, mechanism
 
 # analysis.json keys of the mechanism tables and plots (pekd.analyze / trainer.analyze): column head, decimals
 MECHANISM = {"train_test_gap": ("train − test gap (points)", 2), "student_cka": ("student CKA", 3),
@@ -50,13 +50,15 @@ def _sort_key(values: tuple[Any, ...]) -> list[Any]:
             for v in values]
 
 
-def points(runs: list[Run], keys: list[str], specs: list[str] | None, test: str) -> list[Point]:
-    """The report at every value of keys, in increasing order; Holm across all their comparisons."""
+def points(runs: list[Run], keys: list[str], specs: list[str] | None, test: str,
+           margin: float = stats.MARGIN) -> list[Point]:
+    """The report at every value of keys, in increasing order; Holm across all their comparisons, each with its
+    detectable effect and an equivalence test at ±margin points (pekd.stats.decide)."""
     with_config = [r for r in runs if r.config]
     for key in keys:
         if not any(key in r.config for r in with_config):
             varying = sorted(k for k in {k for r in with_config for k in r.config}
-                             if len({repr(r.config.get(k)) for r in with_config}) > 1 and k not in stats.NOT_EXPERIMENT)
+                             if len({repr(r.config.get(k)) for r in with_config}) > 1 and k not in NOT_EXPERIMENT)
             raise PekdError(f"--along {key}: no run has that key; keys that vary among these runs: "
                             + (", ".join(varying) or "none"))
     groups: dict[tuple[Any, ...], list[Run]] = {}
@@ -66,11 +68,11 @@ def points(runs: list[Run], keys: list[str], specs: list[str] | None, test: str)
     for values in sorted(groups, key=_sort_key):
         rows = group_rows(groups[values])
         at = dict(zip(keys, values, strict=True))
-        comps = [stats.compare(a, b) for a, b in stats.claims(rows, specs, skip_missing=bool(keys))]
+        comps = [compare(a, b) for a, b in claims(rows, specs, skip_missing=bool(keys))]
         for c in comps:
             c["along"] = at
         made += comps
-        out.append(Point(at, rows, comps, stats.mechanism(rows, MECHANISM)))
+        out.append(Point(at, rows, comps, mechanism(rows, MECHANISM)))
     if keys and specs:
         asked = {spec.replace(" ", "") for spec in specs}
         found = {f"{c['a']}>{c['b']}".replace(" ", "") for c in made}
@@ -78,7 +80,7 @@ def points(runs: list[Run], keys: list[str], specs: list[str] | None, test: str)
             labels = sorted({r.label for p in out for r in p.rows}, key=natural)
             raise PekdError(f"--compare {missing[0]!r} names rows that no value of --along {' '.join(keys)} has; the "
                             "labels are: " + "; ".join(repr(label) for label in labels))
-    stats.decide(made, test)
+    stats.decide(made, test, margin)
     return out
 
 

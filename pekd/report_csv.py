@@ -2,8 +2,9 @@
 
 report.csv is long-format -- one number per line, `pandas.read_csv` ready: section (row | comparison |
 mechanism), one column per --along key, label (the row, or "A > B"), seed (for per-seed lines), metric,
-statistic (n, mean, std, ci_low, ci_high, value, mean_diff, diff, p_ttest, p_perm, p_holm, verdict), value, and
-note (the verdict's sentence; empty otherwise). Filter it rather than parse report.md.
+statistic (n, mean, std, ci_low, ci_high, value, mean_diff, diff, p_ttest, p_perm, p_holm, mde, p_tost, p_tost_holm,
+verdict), value, and note (the verdict's sentence; empty otherwise). mde is the detectable effect in points and
+p_tost the equivalence test's p at the margin (pekd.stats.decide). Filter it rather than parse report.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pekd import stats
 from pekd.report_along import MECHANISM, Point
-from pekd.stats import METRICS, NOT_EXPERIMENT, Run
+from pekd.report_runs import METRICS, NOT_EXPERIMENT, Run
 
 TESTS_TEXT = {"t": "paired t-test (scipy.stats.ttest_rel)",
               "perm": "two-sided sign-flip permutation test (exact up to 16 seeds)"}
@@ -34,7 +35,9 @@ def report_json(root: Path, pts: list[Point], keys: list[str], flagged: list[Run
         "root": str(root),
         "along": keys,
         "test": TESTS_TEXT[test] + " of paired best_top1 differences decides the verdicts; Holm across the "
-                "comparisons with a p" + (" at every value" if keys else "") + "; p_perm and p_ttest are both given",
+                "comparisons with a p" + (" at every value" if keys else "") + "; p_perm and p_ttest are both "
+                "given; mde: the difference the paired t-test at alpha/m finds with 80% power; p_tost: two "
+                "one-sided t-tests of equivalence within ±margin points, Holm-adjusted as p_tost_holm",
         "rows": [{"label": row.label, **along(p), "paper_top1": row.paper(),
                   "config": {k: v for k, v in row.runs[0].config.items() if k not in NOT_EXPERIMENT},
                   "runs": [{"path": where(r), "seed": r.config.get("seed"), "status": r.status,
@@ -77,7 +80,7 @@ def report_csv(pts: list[Point], keys: list[str]) -> str:
                     line("comparison", p, claim, None, m, stat, v)
                 for seed, diff in d["diffs"]:
                     line("comparison", p, claim, seed, m, "diff", diff)
-            for stat in ("p_ttest", "p_perm", "p_holm"):
+            for stat in ("p_ttest", "p_perm", "p_holm", "mde", "p_tost", "p_tost_holm"):
                 line("comparison", p, claim, None, c["metric"], stat, c[stat])
             line("comparison", p, claim, None, c["metric"], "verdict", None, c["verdict"])
         for mech in p.mechanism:

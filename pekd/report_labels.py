@@ -6,15 +6,11 @@ the names the user gave the runs (the demo's "PEFD q=1").
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from pekd import stats
-from pekd.stats import NOT_EXPERIMENT, Row, Run
+from pekd.report_paper import method_defaults
+from pekd.report_runs import NOT_EXPERIMENT, Row, Run, family_free
 
 
 def group_rows(runs: list[Run]) -> list[Row]:
@@ -59,7 +55,7 @@ def _labels(rows: list[Row]) -> list[str]:
     labels = _render(configs, shown, all_keys)
     for label in {x for x in labels if not x or labels.count(x) > 1}:
         clash = [i for i, x in enumerate(labels) if x == label]
-        between = [k for k in _varying([dict(rows[i].family()) for i in clash]) if not stats.family_free(k)]
+        between = [k for k in _varying([dict(rows[i].family()) for i in clash]) if not family_free(k)]
         for i in clash:
             shown[i] = between + shown[i]
     labels = [x or r.runs[0].path.name for x, r in zip(_render(configs, shown, all_keys), rows, strict=True)]
@@ -84,24 +80,13 @@ def _essential(keys: list[str], configs: list[dict[str, Any]]) -> list[list[str]
     out = []
     for c in configs:
         same = [d for d in configs if d.get("method.name") == c.get("method.name")]
-        default = _method_defaults(str(c.get("method.name")))
+        default = method_defaults(str(c.get("method.name")))
         as_set = [k for k in keys if k in default and default[k] == c.get(k)
                   and len({repr(d.get(k)) for d in same}) == 1]
         out.append([k for k in keys if k.endswith(".name") or not (
             c.get(k) == "" or c.get(k.split(".")[0] + ".name") == ""  # unset, or its section is off (teacher=none)
             or k in as_set)])
     return out
-
-
-@cache
-def _method_defaults(name: str) -> dict[str, Any]:
-    """What `method=<name>` sets: the schema's defaults and configs/method/<name>.yaml (kd's 0.1 CE + 0.9 KD)."""
-    from pekd.config import MethodConfig
-    from pekd.train import CONFIG_DIR
-
-    file = CONFIG_DIR / "method" / f"{name}.yaml"
-    group = OmegaConf.to_container(OmegaConf.load(file)) if file.is_file() else {}
-    return {f"method.{k}": v for k, v in {**asdict(MethodConfig()), **group}.items()}  # type: ignore[dict-item]
 
 
 def _render(configs: list[dict[str, Any]], shown: list[list[str]], all_keys: set[str]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pekd import stats
 from pekd.report_along import MECHANISM, Point
-from pekd.stats import METRICS, VERDICT_METRIC, Run
+from pekd.report_runs import METRICS, VERDICT_METRIC, Run
 
 NEWER = ("projector_dead_fraction", "projector_cos_distance", "student_cos_distance")
 
@@ -30,7 +30,13 @@ def _p(p: float | None) -> str:
     return "–" if p is None else stats.fmt_p(p)
 
 
-def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], test: str = "perm") -> str:
+def _mde(c: dict[str, Any]) -> str:
+    return "–" if c["mde"] is None else f"{c['mde']:.2f}"
+
+
+def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], test: str = "perm",
+             options: str | None = None) -> str:
+    """report.md; `options`: where the options came from when the sweep's own file supplied them."""
     head = "".join(f" {k} |" for k in keys)  # the --along columns
     bar = "---:|" * len(keys)
 
@@ -38,12 +44,21 @@ def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], 
         return "".join(f" {p.values[k]} |" for k in keys)
 
     lines = [f"# pekd report: {root}", ""]
+    if options:
+        lines += [f"Options from {options}: the sweep's own, fixed when it was planned; options typed on the command "
+                  "line replace them.", ""]
+    if not any(row.completed() for p in pts for row in p.rows):
+        lines += ["No run completed: there is nothing to average, compare or plot. The runs and why they stopped "
+                  "are listed below; fix the cause and rerun or resume them.", ""]
     if keys:
         lines += [f"Along {', '.join(keys)}: every value is a report of its own (rows, and comparisons paired by seed "
                   "within the value only); Holm's correction runs across every comparison of every value.", ""]
     lines += ["Mean over the seeds that completed ± the half-width of its 95% confidence interval (Student t); one "
-              "seed gives no interval (–).", "",
-              f"| run |{head} seeds done | best top-1 (%) | last top-1 (%) | paper top-1 (%) | flags |",
+              "seed gives no interval (–). Paper top-1: the top-1 published for the row's recipe and method, as its "
+              "experiment config records it with the source (papers report the best epoch's top-1: compare it with "
+              "the best column); \"not recorded\" where the config records none, or the run's method is not the "
+              "one the number was published for.", "",
+              f"| run |{head} seeds done | best top-1 (%) | last top-1 (%) | paper top-1 (%), best epoch | flags |",
               f"|---|{bar}---:|---:|---:|---:|---|"]
     for p in pts:
         for row in p.rows:
@@ -51,7 +66,7 @@ def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], 
             cells = " | ".join(_ci(stats.summary(row.values(m))) for m in METRICS)
             paper = row.paper()
             lines.append(f"| {row.label} |{at(p)} {len(row.completed())}/{len(row.runs)} | {cells} | "
-                         f"{f'{paper:.2f}' if paper else '–'} | {flags} |")
+                         f"{'not recorded' if paper is None else f'{paper:.2f}'} | {flags} |")
     comps = [c for p in pts for c in p.comparisons]
     lines += ["", "## Paired comparisons", ""]
     if not comps:
@@ -61,18 +76,26 @@ def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], 
         used = ("the paired t-test" if test == "t" else
                 f"the sign-flip test (with n paired seeds it cannot give p below 2/2^n: {stats.seeds_needed(tested)} "
                 f"paired seeds are the fewest that can support a claim at 5% among {tested})")
+        margin, level = comps[0]["margin"], comps[0]["level"]
         lines += [f"A − B per training seed, over the seeds both rows completed on the same evaluation images, in "
                   "points; [95% CI of the mean difference, t]. p (t): two-sided paired t-test; p (sign-flip): "
                   f"two-sided exact sign-flip permutation test (exact up to 16 seeds); both of the {VERDICT_METRIC} "
                   f"differences. The verdicts use {used}; Holm p: adjusted across the {tested} comparisons with a p.",
+                  "", f"A claim not supported has a size: detectable is the smallest true difference the paired t-test "
+                  f"at Holm's strictest level (0.05/{tested} = {level:.3g}) finds with 80% power, given the seeds and "
+                  f"the spread of their differences (– where the test cannot reach that level, or the differences do "
+                  f"not vary); equivalence p: two one-sided t-tests (TOST) of a difference within ±{margin:g} points "
+                  f"(--margin), Holm-adjusted across the same comparisons, read where the claim's own test is not "
+                  f"significant.",
                   "", f"| claim: A > B |{head} paired seeds | best top-1: A − B | last top-1: A − B | p (t) | "
-                  "p (sign-flip) | Holm p | verdict |", f"|---|{bar}---:|---:|---:|---:|---:|---:|---|"]
+                  f"p (sign-flip) | Holm p | detectable (points) | equivalence p (±{margin:g}, Holm) | verdict |",
+                  f"|---|{bar}---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for p in pts:
             for c in p.comparisons:
                 claim = f"{c['a']} > {c['b']}"
                 lines.append(f"| {claim} |{at(p)} {c['n']} | {_diff(c['best_top1'])} | {_diff(c['last_top1'])} | "
-                             f"{_p(c['p_ttest'])} | {_p(c['p_perm'])} | {_p(c['p_holm'])} | "
-                             f"{c['verdict'].removeprefix(claim + ': ')} |")
+                             f"{_p(c['p_ttest'])} | {_p(c['p_perm'])} | {_p(c['p_holm'])} | {_mde(c)} | "
+                             f"{_p(c['p_tost_holm'])} | {c['verdict'].removeprefix(claim + ': ')} |")
         unpaired = [f"- {c['a']} vs {c['b']}{' at ' + at(p).strip(' |') if keys else ''}: unpaired: "
                     f"{'; '.join(c['unpaired'])}" for p in pts for c in p.comparisons if c["unpaired"]]
         lines += ["", "Seeds left out of the pairing (never compared):", "", *unpaired] if unpaired else []

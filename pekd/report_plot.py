@@ -13,12 +13,18 @@ diagnostic against the key, a line per row.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from pekd import stats
 from pekd.report_along import MECHANISM, Point, fmt_along, is_log
-from pekd.stats import METRICS, VERDICT_METRIC, Row
+from pekd.report_runs import METRICS, VERDICT_METRIC, Row
+
+PANEL_INCHES, GAP_INCHES = 4.0, 0.4  # one panel of the plot without --along, and the space between two
+# names of --along keys on the plots' x axes (the key itself follows in parentheses); other keys show as they are
+AXIS_NAMES = {"data.subset": "training images", "trainer.epochs": "epochs", "method.beta": "beta",
+              "method.q": "projectors", "trainer.lr": "learning rate", "data.batch_size": "batch size"}
 
 
 def _pyplot() -> Any:
@@ -51,10 +57,15 @@ def plot(point: Point, path: Path) -> None:
     rows, comps = point.rows, point.comparisons
     metrics = METRICS[:1] if _one_evaluation(rows) else METRICS
     compared = {label for c in comps for label in (c["a"], c["b"])} or {r.label for r in rows}
-    label_inches = 0.075 * max((len(r.label) for r in rows), default=0)  # ~10 pt characters
     panels = len(metrics) + bool(comps)
-    height = 1.4 + 0.45 * max(len(rows), len(comps))
-    fig, axes = plt.subplots(1, panels, squeeze=False, figsize=(label_inches + 4.5 * panels, height))
+    # Every panel keeps its own size, however many rows and claims: the figure grows instead (0.45 in a line), and
+    # the row and claim labels sit outside the panels (the saved image's tight box takes them in), never squeezing
+    # them as a layout engine fitting long labels into a fixed figure would.
+    height = 1.0 + 0.45 * max(len(rows), len(comps), 1)
+    width = PANEL_INCHES * panels + GAP_INCHES * (panels - 1)
+    fig, axes = plt.subplots(1, panels, squeeze=False, figsize=(width, height))
+    fig.subplots_adjust(left=0.0, right=1.0, wspace=GAP_INCHES / PANEL_INCHES, bottom=0.7 / height,
+                        top=1 - 0.1 / height)
     jitter = np.random.default_rng(0)  # the same picture for the same runs
     for ax, metric in zip(axes[0], metrics, strict=False):
         lo, hi = axis_range(rows, compared, metric)
@@ -79,6 +90,7 @@ def plot(point: Point, path: Path) -> None:
         name = "top-1 (%), the one evaluation" if len(metrics) == 1 else f"{metric.replace('_top1', '')} top-1 (%)"
         ax.set_xlabel(name)
         ax.set_yticks(range(len(rows)), [r.label for r in rows])
+        ax.tick_params(labelleft=ax is axes[0][0])  # the same rows in every panel: labelled once, at the left
         ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)  # first row on top, as in report.md
         ax.grid(axis="x", alpha=0.3)
     if comps:
@@ -87,7 +99,6 @@ def plot(point: Point, path: Path) -> None:
     unique = dict(zip(labels, handles, strict=True))  # one legend entry per kind, not per row
     if unique:
         fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
@@ -120,8 +131,9 @@ def plot_along(pts: list[Point], keys: list[str], path: Path) -> None:
     nrows = max(math.ceil(panels / cols), 1)
     fig, axes = plt.subplots(nrows, cols, squeeze=False, figsize=(5.2 * cols, 3.8 * nrows))
     flat = [ax for line in axes for ax in line]
-    xs = [float(p.values[key]) for p in pts if isinstance(p.values[key], int | float)]
-    log = is_log(xs)
+    # the values something is drawn at (a teacher trained on every image is a value of its own, with nothing to draw)
+    xs = [float(p.values[key]) for p in pts
+          if isinstance(p.values[key], int | float) and (p.comparisons or p.mechanism)]
     for ax, claim in zip(flat, claims, strict=False):
         for series, group in _series(pts, keys).items():
             found = [(float(p.values[key]), c[VERDICT_METRIC]) for p in group for c in p.comparisons
@@ -136,9 +148,9 @@ def plot_along(pts: list[Point], keys: list[str], path: Path) -> None:
             ax.scatter([x for x, d in found for _ in d["diffs"]], [v for _, d in found for _, v in d["diffs"]],
                        s=12, color=line.get_color(), alpha=0.6, label="one seed" if not series else None)
         ax.axhline(0.0, color="gray", lw=1)
-        ax.set_title(claim, fontsize=9)
+        ax.set_title(textwrap.fill(claim, 64), fontsize=9)
         ax.set_ylabel(f"{VERDICT_METRIC.replace('_top1', '')} top-1 A − B (points)", fontsize=8)
-        _axis(ax, key, log)
+        _axis(ax, key, xs)
     # one colour per row (and series) in every mechanism panel, also in panels some rows have no value in
     every = [(label, series) for label in sorted({m["label"] for p in pts for m in p.mechanism})
              for series in _series(pts, keys)]
@@ -160,7 +172,7 @@ def plot_along(pts: list[Point], keys: list[str], path: Path) -> None:
                            s=8, color=line.get_color(), alpha=0.5)
         ax.set_title(MECHANISM[k][0], fontsize=9)
         ax.legend(fontsize=7)
-        _axis(ax, key, log)
+        _axis(ax, key, xs)
     if claims:
         flat[0].legend(fontsize=7)
     for ax in flat[panels:]:
@@ -179,8 +191,20 @@ def _series(pts: list[Point], keys: list[str]) -> dict[str, list[Point]]:
     return out
 
 
-def _axis(ax: Any, key: str, log: bool) -> None:
-    if log:
+def _axis(ax: Any, key: str, xs: list[float]) -> None:
+    """The x axis of an --along panel: every panel the same range, a tick at each value the runs have (a log scale
+    where they span a decade or more, without its minor ticks' labels), and the key by what it counts."""
+    from matplotlib.ticker import NullLocator
+
+    values = sorted(set(xs))
+    if is_log(values):
         ax.set_xscale("log")
-    ax.set_xlabel(key, fontsize=8)
+        ax.set_xlim(values[0] / 1.4, values[-1] * 1.4)
+    elif values:
+        pad = 0.08 * (values[-1] - values[0]) or 0.5 * abs(values[0]) or 1.0
+        ax.set_xlim(values[0] - pad, values[-1] + pad)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(values, [f"{v:,g}" for v in values], rotation=45 if len(values) > 6 else 0, fontsize=8)
+    name = AXIS_NAMES.get(key)
+    ax.set_xlabel(f"{name} ({key})" if name else key, fontsize=8)
     ax.grid(alpha=0.3)

@@ -1,94 +1,37 @@
-"""What a sweep is made of and the statistics pekd.report states its verdicts with: runs (one training seed each)
-form rows (one experiment over seeds) and families (rows that may be compared by seed); a mean's confidence
-interval over seeds, a paired comparison of two rows by training seed, Holm's correction across the comparisons a
-report shows, and a verdict. pekd.report reads the run directories and writes the tables and the plot.
+"""The statistics pekd.report states its verdicts with: a mean's confidence interval over seeds, a paired comparison
+by training seed, Holm's correction across the comparisons a report shows, the size of effect a comparison could
+have detected, an equivalence test, and the verdict sentence. What the numbers are made of (runs, rows, families)
+is pekd.report_runs.
 
-Seeds are few (3-10), so intervals use Student's t, and the verdict's test is an exact sign-flip permutation test
-of the paired differences: it assumes only that, under "no difference", a seed's A - B is as likely to be
-negative as positive, which the t-test's normality does not give with five values. The t-test's p is computed too
-(scipy.stats.ttest_rel), for readers who expect it. One consequence a reader must know: with n paired seeds the
-exact test cannot give a two-sided p below 2 / 2^n (n=5: 0.0625), so five seeds can never support a claim at 5%.
+Seeds are few (3-10), so intervals use Student's t, and the default verdict's test is an exact sign-flip
+permutation test of the paired differences: it assumes only that, under "no difference", a seed's A - B is as
+likely to be negative as positive, which the t-test's normality does not give with five values. The t-test's p is
+computed too (scipy.stats.ttest_rel), for readers who expect it. One consequence a reader must know: with n paired
+seeds the exact test cannot give a two-sided p below 2 / 2^n (n=5: 0.0625), so five seeds can never support a claim
+at 5%.
+
+A claim that is not supported is not thereby shown false: each comparison also states the smallest effect it could
+have detected (min_detectable_effect) and whether the difference is equivalent to zero within a margin the reader
+sets (tost_p), so a negative result has a size.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
-
-from pekd.engine.rundir import RESUMABLE_CHANGES
-from pekd.errors import PekdError
 
 LEVEL = 0.95  # every interval is a 95% interval
 MAX_EXACT = 16  # up to 2^16 sign patterns are enumerated; beyond, a fixed-seed random sample of them
 N_RANDOM = 20_000
 RANDOM_SEED = 0  # the same data gives the same p on every run of the report
-METRICS = ("best_top1", "last_top1")  # results.json fields, percent
-VERDICT_METRIC = "best_top1"  # the figure papers report, and the headline of every table of the report
-# Keys that do not make two runs different experiments: the seed (what a repeat varies), and what may change on
-# resumption.
-NOT_EXPERIMENT = RESUMABLE_CHANGES | {"seed", "trainer.threads"}
-# Keys two rows of one family may differ in: the method under test, labels, and how the teacher's signal arrives
-# (a feature bank is tested to compute what the online teacher computes).
-FAMILY_FREE_KEYS = {"name", "paper_top1", "teacher.mode", "teacher.bank"}
-FAMILY_FREE_PREFIXES = ("method.", "bank.")
-
-
-@dataclass
-class Run:
-    path: Path
-    status: str  # completed | running | preempted | stopped | failed | no results | not started
-    config: dict[str, Any] = field(default_factory=dict)  # flattened
-    results: dict[str, Any] = field(default_factory=dict)
-    analysis: dict[str, Any] = field(default_factory=dict)  # analysis.json of pekd.analyze, where present
-
-    @property
-    def key(self) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in NOT_EXPERIMENT))
-
-    def value(self, name: str) -> float | None:
-        """A results.json number, None where it is missing or not finite."""
-        v = self.results.get(name)
-        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
-
-
-@dataclass
-class Row:
-    label: str
-    runs: list[Run]
-
-    def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
-
-    def values(self, name: str) -> list[float]:
-        return [v for r in self.completed() if (v := r.value(name)) is not None]
-
-    def paper(self) -> float | None:
-        value = self.runs[0].config.get("paper_top1") or 0.0
-        return float(value) if value > 0 else None
-
-    def family(self, teacher: bool = True) -> tuple[tuple[str, str], ...]:
-        """The keys rows must share to be compared by seed (with or without the teacher's)."""
-        return tuple((k, v) for k, v in self.runs[0].key
-                     if not family_free(k) and (teacher or not k.startswith("teacher.")))
-
-    def comparable(self, other: Row) -> bool:
-        """One family; or one of the two trains without a teacher (the CE baseline of a distillation) and they
-        agree on everything but the teacher."""
-        if self.family() == other.family():
-            return True
-        teacherless = "none" in (self.runs[0].config.get("teacher.mode"), other.runs[0].config.get("teacher.mode"))
-        return teacherless and self.family(teacher=False) == other.family(teacher=False)
-
-
-def family_free(key: str) -> bool:
-    return key in FAMILY_FREE_KEYS or key.startswith(FAMILY_FREE_PREFIXES)
+ALPHA = 0.05  # the verdicts' family-wise error rate (Holm)
+POWER = 0.80  # the power a detectable effect is stated at
+MARGIN = 0.5  # default equivalence margin, top-1 points (pekd.report --margin)
 
 
 def t_halfwidth(std: float, n: int) -> float:
@@ -169,7 +112,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-TESTS = {"perm": "p_perm", "t": "p_ttest"}
+TESTS = {"perm": "p_perm", "t": "p_ttest"}  # --test: which p the verdicts (and Holm) use
 
 
 def fmt_p(p: float, alpha: float = 0.05) -> str:
@@ -178,129 +121,91 @@ def fmt_p(p: float, alpha: float = 0.05) -> str:
         text = f"{p:.{digits}g}"
         if (float(text) < alpha) == (p < alpha):
             return text
-    return repr(p)  # --test: which p the verdicts (and Holm) use
+    return repr(p)
 
 
-def verdict(a: str, b: str, comparison: dict[str, Any], alpha: float = 0.05, test: str = "perm") -> str:
-    """The plain sentence for the claim "a > b" from a comparison with its Holm-adjusted p (p_holm)."""
-    n = comparison["n"]
+def min_detectable_effect(std: float, n: int, level: float, power: float = POWER) -> float:
+    """The smallest true mean difference (in the differences' unit) that the two-sided paired t-test at `level`
+    detects with probability `power`, over n pairs whose differences have standard deviation std.
+
+    Power at a true difference delta is P(|T| > t_crit) with T noncentral t (n - 1 degrees of freedom,
+    noncentrality delta * sqrt(n) / std) and t_crit the t quantile at 1 - level / 2; the effect is where that
+    power reaches `power`. std is the observed SD of the differences, itself uncertain with few seeds: the number
+    says what this experiment could see, not what a replication would."""
+    if n < 2 or not std > 0:
+        raise ValueError(f"a detectable effect needs 2+ pairs with spread (n={n}, std={std})")
+    df = n - 1
+    crit = float(sps.t.ppf(1 - level / 2, df))
+
+    def shortfall(delta: float) -> float:
+        nc = delta * math.sqrt(n) / std
+        # the lower tail as the mirrored upper tail: scipy's nct.cdf far below the mean can return nan
+        return float(sps.nct.sf(crit, df, nc) + sps.nct.sf(crit, df, -nc)) - power
+
+    high = std
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10 * std))
+
+
+def tost_p(diffs: Sequence[float], margin: float) -> float | None:
+    """Two one-sided paired t-tests (TOST) of "the mean difference lies within ±margin": the larger of the p of
+    H0 mean <= -margin and of H0 mean >= +margin. Below it a difference is equivalent to zero within the margin.
+    None below two pairs or without spread (the t statistic is undefined)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size < 2 or not float(np.std(d, ddof=1)) > 0:
+        return None
+    above = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
+    below = sps.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(above, below))
+
+
+def verdict(a: str, b: str, c: dict[str, Any], alpha: float = ALPHA) -> str:
+    """The plain sentence for the claim "a > b" from a decided comparison (decide): supported, reversed,
+    equivalent within the margin, or not supported with the effect it could have seen."""
+    n = c["n"]
     if n < 2:
         return f"not enough paired seeds (n={n})"
-    claim = f"{a} > {b}: "
-    p = comparison["p_holm"]
+    claim, p = f"{a} > {b}: ", c["p_holm"]
     if p < alpha:
-        if comparison["mean_diff"] > 0:
-            return claim + f"supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)})"
-        return claim + f"not supported at {alpha:.0%} (the difference goes the other way, significantly)"
+        which = "supported" if c["mean_diff"] > 0 else "reversed"
+        return claim + f"{which} at {alpha:.0%} (Holm p={fmt_p(p, alpha)})"
+    if c["p_tost_holm"] is not None and c["p_tost_holm"] < alpha:
+        return claim + (f"equivalent within ±{c['margin']:g} points at {alpha:.0%} "
+                        f"(TOST Holm p={fmt_p(c['p_tost_holm'], alpha)})")
     floor = min_sign_flip_p(n)
-    limit = f"; {n} paired seeds cannot give p below {floor:.3g}" if test == "perm" and floor >= alpha else ""
-    return claim + f"not supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)}{limit})"
+    if c["test"] == "perm" and floor >= c["level"]:
+        return claim + (f"not supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)}; {n} paired seeds cannot give p "
+                        f"below {floor:.3g}, so no effect could have been seen)")
+    seen = f"; could have seen ≥ {c['mde']:.2f} points" if c["mde"] is not None else ""
+    return claim + f"not supported at {alpha:.0%} (Holm p={fmt_p(p, alpha)}{seen})"
 
 
-def _by_seed(row: Row) -> tuple[dict[Any, Run], set[Any]]:
-    """The row's completed runs by training seed, and the seeds completed twice (ambiguous: paired with nothing)."""
-    seeds = [r.config.get("seed") for r in row.completed()]
-    twice = {s for s in seeds if seeds.count(s) > 1}
-    return {r.config.get("seed"): r for r in row.completed() if r.config.get("seed") not in twice}, twice
+def decide(made: list[dict[str, Any]], test: str = "perm", margin: float = MARGIN,
+           alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Holm across every comparison in `made` that has a p (pekd.report --along: across every value too), the
+    detectable effect and the equivalence test of each, then a verdict each.
 
-
-def compare(a: Row, b: Row) -> dict[str, Any]:
-    """A - B over the seeds both rows completed on the same evaluation images; every other seed is listed."""
-    (runs_a, twice_a), (runs_b, twice_b) = _by_seed(a), _by_seed(b)
-    seeds, unpaired = [], []
-    for seed in sorted(runs_a.keys() | runs_b.keys() | twice_a | twice_b, key=lambda s: (str(type(s)), s)):
-        ra, rb = runs_a.get(seed), runs_b.get(seed)
-        if seed in twice_a | twice_b:
-            unpaired.append(f"seed {seed} completed by more than one run of {(a if seed in twice_a else b).label}")
-        elif ra is None or rb is None:
-            other = b if ra is not None else a
-            state = [r.status for r in other.runs if r.config.get("seed") == seed]
-            unpaired.append(f"seed {seed} missing in {other.label}" + (f" ({state[0]})" if state else ""))
-        elif ra.results.get("eval_set") != rb.results.get("eval_set"):
-            unpaired.append(f"seed {seed}: evaluated on different images (eval_set differs)")
-        else:
-            seeds.append(seed)
-    out: dict[str, Any] = {"a": a.label, "b": b.label, "seeds": seeds, "unpaired": unpaired}
-    for metric in METRICS:
-        pairs = [(s, x, y) for s in seeds if (x := runs_a[s].value(metric)) is not None
-                 and (y := runs_b[s].value(metric)) is not None]
-        out[metric] = paired([x for _, x, _ in pairs], [y for _, _, y in pairs])
-        out[metric]["diffs"] = [[s, x - y] for s, x, y in pairs]  # [seed, A - B]: what the plots show per seed
-    head = out[VERDICT_METRIC]
-    out.update(metric=VERDICT_METRIC, n=head["n"], mean_diff=head["mean_diff"], p_perm=head["p_perm"],
-               p_ttest=head["p_ttest"], p_holm=None)
-    return out
-
-
-def claims(rows: list[Row], specs: list[str] | None, skip_missing: bool = False) -> list[tuple[Row, Row]]:
-    """The comparisons to make: the claims asked for ("A>B", labels as printed), else every comparable pair (one
-    family, or a teacherless baseline) with A the row of the higher mean (the claim the data suggest; Holm
-    accounts for every pair tested). skip_missing: a claim whose rows are not all here is left out (pekd.report
-    --along asks every claim at every value; claim_labels checks that each exists somewhere)."""
-    by_label = {r.label: r for r in rows}
-    if not specs:
-        pairs = []
-        for a, b in combinations(rows, 2):
-            if a.comparable(b):
-                mean_a, mean_b = (_mean_or_low(r.values(VERDICT_METRIC)) for r in (a, b))
-                pairs.append((b, a) if mean_b > mean_a else (a, b))
-        return pairs
-    out = []
-    for spec in specs:
-        splits = [(spec[:i].strip(), spec[i + 1:].strip()) for i, c in enumerate(spec) if c == ">"]
-        known = [(x, y) for x, y in splits if x in by_label and y in by_label]
-        if not known and skip_missing:
-            continue
-        if not known:
-            raise PekdError(f"--compare {spec!r} is not 'A>B' of two row labels; the labels are: "
-                            + "; ".join(repr(label) for label in by_label))
-        a, b = by_label[known[0][0]], by_label[known[0][1]]
-        if a is b or not a.comparable(b):
-            fa, fb = dict(a.family()), dict(b.family())
-            differ = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)) or ["nothing (one row)"]
-            raise PekdError(f"--compare {spec!r}: the rows must differ only in the method or the teacher's "
-                            f"delivery, but they differ in {', '.join(differ)}")
-        out.append((a, b))
-    return out
-
-
-def _mean_or_low(values: list[float]) -> float:
-    return float(np.mean(values)) if values else -math.inf
-
-
-def comparisons(rows: list[Row], specs: list[str] | None, test: str = "perm") -> list[dict[str, Any]]:
-    """Paired comparisons with Holm's correction across all of them that have a p, and a verdict each.
-
-    test="perm": the exact sign-flip test (no assumption on the differences' distribution, but with n seeds no p
-    below 2/2^n); test="t": the paired t-test, the one the CI shown is built from (it assumes roughly normal
-    differences). Where every difference is equal the t statistic is undefined and the sign-flip p stands in."""
-    return decide([compare(a, b) for a, b in claims(rows, specs)], test)
-
-
-def decide(made: list[dict[str, Any]], test: str = "perm") -> list[dict[str, Any]]:
-    """Holm across every comparison in `made` that has a p (pekd.report --along: across every value too), then a
-    verdict each."""
+    The detectable effect (`mde`, points) is min_detectable_effect at `level` = alpha / m over the m comparisons
+    with a p: Holm's strictest step, which it rejects at whatever the other comparisons show, so an effect that
+    large would have been found with 80% power in any case. With the sign-flip test it is the t-test's figure (the
+    two have near-equal power on near-normal differences), and none at all where n seeds cannot give a p below the
+    level. Equivalence (`p_tost`) is TOST at ±margin on the verdict metric's differences, Holm-adjusted across the
+    same m comparisons (`p_tost_holm`), and read only where the claim's own test is not significant."""
     tested = [c for c in made if c["p_perm"] is not None]
     chosen = [c[TESTS[test]] if c[TESTS[test]] is not None else c["p_perm"] for c in tested]
     for c, p in zip(tested, holm(chosen), strict=True):
         c["p_holm"] = p
+    level = alpha / max(len(tested), 1)
     for c in made:
-        c["test"] = test
-        c["verdict"] = verdict(c["a"], c["b"], c, test=test)
+        diffs = [d for _, d in c[c["metric"]]["diffs"]]
+        std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+        reachable = test == "t" or min_sign_flip_p(len(diffs)) < level
+        c.update(test=test, level=level, margin=margin, p_tost=tost_p(diffs, margin), p_tost_holm=None,
+                 mde=min_detectable_effect(std, len(diffs), level) if std > 0 and reachable else None)
+    with_tost = [c for c in made if c["p_tost"] is not None]
+    for c, p in zip(with_tost, holm([c["p_tost"] for c in with_tost]), strict=True):
+        c["p_tost_holm"] = p
+    for c in made:
+        c["verdict"] = verdict(c["a"], c["b"], c, alpha)
     return made
-
-
-def mechanism(rows: list[Row], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean and CI over a row's completed seeds of each analysis.json diagnostic in keys (pekd.analyze writes
-    them; any may be missing or null); rows without any analysis.json are left out."""
-    out = []
-    for row in rows:
-        analysed = [r for r in row.completed() if r.analysis]
-        if analysed:
-            cells = {}
-            for k in keys:
-                seeds = [[r.config.get("seed"), float(v)] for r in analysed
-                         if isinstance(v := r.analysis.get(k), int | float) and math.isfinite(v)]
-                cells[k] = {**summary([v for _, v in seeds]), "values": seeds}  # [seed, value]: the plots' points
-            out.append({"label": row.label, "runs": len(analysed), **cells})
-    return out

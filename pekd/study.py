@@ -240,9 +240,20 @@ def report_options(methods: list[str]) -> list[str]:
     return ["--along", "data.subset", *compare, "--test", "t"]
 
 
+def write_report_options(runs: Path, methods: list[str]) -> None:
+    """The report options beside the runs (pekd.report's OPTIONS_FILE), so a plain `python -m pekd.report RUNS`
+    makes the study's report -- its claims and its test, not every pair of rows at the default test."""
+    from pekd.report import OPTIONS_FILE
+
+    runs.mkdir(parents=True, exist_ok=True)
+    note = "the claims and test pekd.study fixed for its report before any result"
+    (runs / OPTIONS_FILE).write_text(json.dumps({"options": report_options(methods), "why": note}, indent=1) + "\n")
+
+
 def report(args: argparse.Namespace) -> None:
     from pekd.report import main as report_main
 
+    write_report_options(args.out, args.methods)
     report_main([str(args.out), *report_options(args.methods)])
 
 
@@ -252,8 +263,8 @@ REPORTED_FILES = ("config.yaml", "results.json", "analysis.json")
 
 def export(args: argparse.Namespace, runs: list[list[str]], dest: Path) -> None:
     """Copy the report's inputs of the teacher and every completed student run to dest/runs (a few KB a run, for
-    committing), the study's options to dest/study.json, and report from the copy into dest: `pekd.report dest/runs
-    --out dest` with the study's report options then reproduces it (tests/test_study_committed.py)."""
+    committing), the study's options to dest/study.json and its report options beside the runs, and report from the
+    copy into dest: `pekd.report dest/runs --out dest` then reproduces it (tests/test_study_committed.py)."""
     from pekd.report import main as report_main
 
     dirs = [args.out / "teacher", *(run_dir_of(r) for r in runs)]
@@ -270,6 +281,7 @@ def export(args: argparse.Namespace, runs: list[list[str]], dest: Path) -> None:
     plan_of = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "export"}
     (dest / "study.json").write_text(json.dumps({**plan_of, "exported_runs": copied}, indent=1) + "\n")
     print(f"exported {copied} completed runs to {dest / 'runs'}", flush=True)
+    write_report_options(dest / "runs", args.methods)
     report_main([str(dest / "runs"), "--out", str(dest), *report_options(args.methods)])
 
 

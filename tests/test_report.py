@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
+from pekd import stats
 from pekd.report import main as report
 from pekd.train import compose_config
 
@@ -98,7 +99,8 @@ def test_a_consistent_difference_over_six_seeds_is_supported(tmp_path: Path) -> 
     best = c["best_top1"]
     row = (f"| method=pefd > method=fd | 6 | {best['mean_diff']:+.2f} [{best['ci'][0]:+.2f}, {best['ci'][1]:+.2f}] "
            f"| {c['last_top1']['mean_diff']:+.2f} [")
-    assert row in table and "| 0.0312 | 0.0312 | supported at 5% (Holm p=0.0312) |" in table
+    assert row in table and (f"| 0.0312 | 0.0312 | {c['mde']:.2f} | {stats.fmt_p(c['p_tost_holm'])} | supported at 5% "
+                             "(Holm p=0.0312) |") in table
     for r in data["rows"]:  # report.json's numbers are the table's
         s = r["best_top1"]
         assert f"| {r['label']} | 6/6 | {s['mean']:.2f} ± {s['ci_half']:.2f} |" in table
@@ -111,7 +113,8 @@ def test_five_seeds_cannot_support_a_claim_and_the_report_says_why(tmp_path: Pat
     _, data = _report(tmp_path)
     (c,) = data["comparisons"]
     assert c["verdict"] == ("method=pefd > method=fd: not supported at 5% (Holm p=0.0625; 5 paired seeds cannot "
-                            "give p below 0.0625)")
+                            "give p below 0.0625, so no effect could have been seen)")
+    assert c["mde"] is None  # no size of effect could have passed
 
 
 def test_the_paired_t_test_can_decide_instead(tmp_path: Path) -> None:
@@ -151,8 +154,7 @@ def test_the_other_direction_is_named_and_holm_counts_every_claim(tmp_path: Path
     _, data = _report(tmp_path, "--compare", "method=fd > method=pefd", "--compare", "method=pefd>method=fd")
     first, second = data["comparisons"]
     assert first["p_perm"] == 2 / 128 and first["p_holm"] == second["p_holm"] == 2 * 2 / 128
-    assert first["verdict"] == ("method=fd > method=pefd: not supported at 5% (the difference goes the other way, "
-                                "significantly)")
+    assert first["verdict"] == "method=fd > method=pefd: reversed at 5% (Holm p=0.0312)"
     assert second["verdict"] == "method=pefd > method=fd: supported at 5% (Holm p=0.0312)"
 
 
@@ -239,3 +241,34 @@ def test_mechanism_table_from_analysis_json(tmp_path: Path) -> None:
     assert (f"| method=pefd | 2 | 4.50 ± {m['train_test_gap']['ci_half']:.2f} | 0.820 ± "
             f"{m['student_cka']['ci_half']:.3f} | – | 3.50 ± ") in mechanism
     assert "method=fd" not in mechanism
+
+
+def test_a_sweep_whose_runs_all_failed_reports_them_without_a_traceback(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Every job failed (some before writing anything: only the launch record names them): the report lists them
+    and says plainly that nothing completed; no plot is drawn, and an older one is not left beside the report."""
+    root = tmp_path / "runs"
+    _run(root, "pefd_s0", ["method=pefd", "seed=0"], "failed", error="RuntimeError: CUDA error")
+    launches = root / "launches"
+    launches.mkdir()
+    never = [root / "fd_s0", root / "fd_s1"]
+    (launches / "7.json").write_text(json.dumps({"runs": [{"job_id": f"7_{i}", "run_dir": str(d)}
+                                                          for i, d in enumerate(never)]}))
+    (root / "report.png").write_bytes(b"an older report's plot")
+
+    table, data = _report(root)
+
+    out = capsys.readouterr().out
+    assert "No run completed: there is nothing to average, compare or plot." in table and out.startswith(table)
+    assert "Traceback" not in out and "report.png" not in out.split("written:")[1]
+    assert not (root / "report.png").exists()
+    assert {f["status"] for f in data["flagged"]} == {"failed", "not started"} and data["comparisons"] == []
+    flagged = table.split("## Incomplete or failed runs")[1]
+    assert f"failed at epoch 1/2: {root / 'pefd_s0'} (RuntimeError: CUDA error)" in flagged
+    assert all(f"not started: {d}" in flagged for d in never)
+
+    only_launched = tmp_path / "launched"  # no run wrote even its config.yaml
+    (only_launched / "launches").mkdir(parents=True)
+    (only_launched / "launches" / "8.json").write_text(json.dumps({"runs": [{"run_dir": str(only_launched / "a")}]}))
+    table, data = _report(only_launched, "--along", "data.subset")
+    assert "No run completed" in table and data["rows"] == [] and data["flagged"][0]["status"] == "not started"

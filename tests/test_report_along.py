@@ -76,7 +76,7 @@ def test_along_matches_scipy_at_every_value_with_holm_over_all(tmp_path: Path) -
         assert [s for s, _ in best["diffs"]] == SEEDS and [d for _, d in best["diffs"]] == pytest.approx(diffs)
     assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p_perm"] for c in comps])) == [4 / 128] * 2
     low, high = comps
-    assert low["verdict"].endswith("(the difference goes the other way, significantly)")
+    assert low["verdict"] == "method=pefd > method=fd: reversed at 5% (Holm p=0.0312)"
     assert high["verdict"] == "method=pefd > method=fd: supported at 5% (Holm p=0.0312)"
 
     table = (tmp_path / "report.md").read_text()

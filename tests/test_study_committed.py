@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pekd.report import OPTIONS_FILE
 from pekd.report import main as report_main
 from pekd.study import report_options
 from tests.train_helpers import REPO
@@ -16,10 +17,15 @@ STUDIES = [REPO / "docs" / "study", REPO / "docs" / "study" / "pilot", REPO / "d
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: str(p.relative_to(REPO)))
-def test_committed_report_reproduces(study: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("typed", [True, False], ids=["options typed", "options from the runs' file"])
+def test_committed_report_reproduces(study: Path, typed: bool, tmp_path: Path) -> None:
+    """With the study's options typed, and with none: `python -m pekd.report docs/study/runs` alone reads them from
+    the file the study wrote beside its runs, so the documented command makes the committed report."""
     assert (study / "runs").is_dir(), f"{study} has no committed runs"
     methods = json.loads((study / "study.json").read_text())["methods"]
-    report_main([str(study / "runs"), "--out", str(tmp_path), *report_options(methods)])
+    stored = json.loads((study / "runs" / OPTIONS_FILE).read_text())["options"]
+    assert stored == report_options(methods)
+    report_main([str(study / "runs"), "--out", str(tmp_path), *(report_options(methods) if typed else [])])
     assert (tmp_path / "report.csv").read_text() == (study / "report.csv").read_text()
     again, committed = (json.loads((d / "report.json").read_text()) for d in (tmp_path, study))
     assert {**again, "root": None} == {**committed, "root": None}
