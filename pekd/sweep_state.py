@@ -83,7 +83,8 @@ def _lease_text(files: RunFiles, now: float) -> str:
 def _stopped_why(files: RunFiles) -> str:
     """Why a run that is over without completing and without an error stopped."""
     if files.status == "preempted":
-        return f"stopped by a signal, checkpointed at step {files.step}; resubmit (or rerun) to resume it"
+        step = (files.results or {}).get("global_step", files.step)  # where the results say it stopped
+        return f"stopped by a signal, checkpointed at step {step}; resubmit (or rerun) to resume it"
     if files.status == "stopped":
         return f"stopped at trainer.max_steps={files.max_steps}"
     holder = files.holder
