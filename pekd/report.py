@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pekd import stats
+from pekd.engine.files import atomic_write_bytes, json_safe, write_error
 from pekd.engine.rundir import flatten, read_run_config
 from pekd.errors import PekdError, user_errors_exit
 from pekd.report_along import points
@@ -114,20 +115,22 @@ def main(argv: list[str] | None = None) -> None:
     pts = points(runs, keys, args.compare, test, margin) if any(r.config for r in runs) else []
     flagged = [r for r in runs if r.status != "completed"]
     out = (args.out or args.root).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     used = f"{options_file} ({' '.join(_read_options(options_file))})" if from_file else None
     text = markdown(args.root, pts, keys, flagged, test, used)  # the root as typed: no machine's absolute path
-    (out / "report.md").write_text(text)
-    summary = report_json(args.root.resolve(), pts, keys, flagged, test)
-    (out / "report.json").write_text(json.dumps({**summary, "root": str(args.root)}, indent=1) + "\n")
-    (out / "report.csv").write_text(report_csv(pts, keys))
+    summary = json_safe({**report_json(args.root.resolve(), pts, keys, flagged, test), "root": str(args.root)})
+    for name, data in (("report.md", text), ("report.json", json.dumps(summary, indent=1, allow_nan=False) + "\n"),
+                       ("report.csv", report_csv(pts, keys))):
+        atomic_write_bytes(out / name, data.encode())  # a full or read-only disk: one line naming the file
     written = ["md", "json", "csv"]
-    if completed and keys:
-        plot_along(pts, keys, out / "report.png")
-    elif completed:
-        plot(pts[0], out / "report.png")
-    else:  # nothing to draw: an older plot beside this report would show runs it no longer has
-        (out / "report.png").unlink(missing_ok=True)
+    try:
+        if completed and keys:
+            plot_along(pts, keys, out / "report.png")
+        elif completed:
+            plot(pts[0], out / "report.png")
+        else:  # nothing to draw: an older plot beside this report would show runs it no longer has
+            (out / "report.png").unlink(missing_ok=True)
+    except OSError as e:
+        raise write_error(out / "report.png", e) from None
     written += ["png"] if completed else []
     print(text + f"\nwritten: {', '.join(str(out / f'report.{ext}') for ext in written)}")
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import register, validate
 from pekd.config_dirs import CONFIG_DIR, CONFIG_DIR_ENV, CONFIG_PATH_ENV, searchpath_override
-from pekd.errors import PekdError, user_errors_exit
+from pekd.errors import PekdError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `--help` answers before the heavy imports
     import torch
@@ -70,7 +70,7 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None, c
         check_model_names(cfg)
     validate(cfg)
     if not cfg.run_dir:
-        from pekd.engine.rundir import default_run_dir
+        from pekd.run_names import default_run_dir
 
         OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
     return cfg
@@ -225,29 +225,11 @@ def _build_teacher(cfg: DictConfig, src: Any, device: torch.device, build_model:
     return OnlineTeacher(model.to(device), cfg.trainer.channels_last), model.feature_dim
 
 
-@user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    from pekd.train_cli import parse_command_line
+    """`python -m pekd.train`: the same command as `pekd train` (pekd.train_cli)."""
+    from pekd.train_cli import main as train_main
 
-    command = parse_command_line(list(sys.argv[1:] if argv is None else argv))
-    if command.help:
-        from pekd.config_dirs import user_config_dirs
-        from pekd.train_help import help_text
-
-        print(help_text([Path(CONFIG_DIR), *user_config_dirs()]))
-        return
-    cfg = compose_config(command.overrides)
-    if command.show:
-        print(OmegaConf.to_yaml(cfg))
-        return
-    from pekd.engine.distributed import shutdown
-
-    try:
-        results = run(cfg)
-    finally:  # an error must not leave the process group to the interpreter's exit (NCCL warns, or hangs)
-        shutdown()
-    if results["status"] == "preempted":
-        sys.exit(3)
+    train_main(argv)
 
 
 if __name__ == "__main__":

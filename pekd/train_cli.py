@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pekd.errors import PekdError, user_errors_exit
 from pekd.overrides import SWEEP_HINT
@@ -91,11 +90,6 @@ def parse_command_line(args: list[str]) -> Command:
     return command
 
 
-def sets_run_dir(overrides: list[str]) -> bool:
-    """Whether the command line names the run directory itself (run_dir=..., +run_dir=...)."""
-    return any(o.partition("=")[0].lstrip("+") == "run_dir" for o in overrides)
-
-
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """Train one run; a preempted run exits with status 3 after checkpointing (the same command resumes it)."""
@@ -109,12 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     from pekd import train
-    from pekd.engine import rundir
-    from pekd.run_names import default_run_dir
 
     cfg = train.compose_config(command.overrides)
-    if not sets_run_dir(command.overrides) and Path(str(cfg.run_dir)) == rundir.default_run_dir(cfg):
-        OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
     if command.show:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -42,6 +41,8 @@ RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.ma
                      "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps",
                      "trainer.analyze",
                      "trainer.lease_stale_s", "trainer.lease_wait_s",
+                     # a label from the literature shown beside the run's result, not part of what is trained
+                     "paper_top1",
                      # where the scalars are also sent, not what is trained: a run may start logging on resume
                      "tracker.name", "tracker.project", "tracker.entity", "tracker.mode", "tracker.dir"}
 
@@ -80,17 +81,6 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     assert isinstance(tree, dict)
     return hashlib.sha256(json.dumps(_experiment(tree), sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def run_name(cfg: DictConfig) -> str:
-    """A file-name-safe name for the run: the config's `name` (experiments set one), else 'run'."""
-    return re.sub(r"[^\w.=,+-]", "-", str(cfg.name)) if cfg.name else "run"
-
-
-def default_run_dir(cfg: DictConfig, root: str | Path = "runs") -> Path:
-    """<root>/<name>-<config hash>: a pure function of the experiment, so rerunning the same command (or
-    torchrun restarting it) finds and resumes the same directory."""
-    return Path(root) / f"{run_name(cfg)}-{config_hash(cfg)}"
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

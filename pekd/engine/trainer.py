@@ -159,10 +159,9 @@ class Trainer:
         """Rank 0 writes atomically; every rank first checks the weights (identical under DDP) are finite, so a
         diverged step can never overwrite the last good checkpoint."""
         if not weights_finite(self.module):
-            self._write_results("failed")
-            raise PekdError(f"non-finite weights after global step {self.progress.global_step}; not checkpointing, "
-                            f"the last good checkpoint {self._newest_checkpoint()} is kept; "
-                            "lower trainer.lr or set trainer.grad_clip")
+            self._fail(f"non-finite weights after global step {self.progress.global_step}; not checkpointing, "
+                       f"the last good checkpoint {self._newest_checkpoint()} is kept; "
+                       "lower trainer.lr or set trainer.grad_clip")
         if not self.env.is_main:
             return
         if self.metrics is not None:  # every scalar up to this step is on disk before the checkpoint says it is
@@ -371,9 +370,13 @@ class Trainer:
             export_student(model, self.run_dir / name, self.mean, self.std)
 
     def _fail_nonfinite(self, where: str) -> None:
-        self._write_results("failed")
-        raise PekdError(f"non-finite loss {where}; the last good checkpoint {self._newest_checkpoint()} is kept; "
-                        "lower trainer.lr, set trainer.grad_clip, or check the teacher features")
+        self._fail(f"non-finite loss {where}; the last good checkpoint {self._newest_checkpoint()} is kept; "
+                   "lower trainer.lr, set trainer.grad_clip, or check the teacher features")
+
+    def _fail(self, error: str) -> None:
+        """results.json says 'failed' and why (what `pekd status` shows), then the error ends the run."""
+        self._write_results("failed", error)
+        raise PekdError(error)
 
     def _summary(self, status: str) -> None:
         """The line a user looks for at the end (and on a rerun of a finished run): what the run achieved."""
@@ -387,11 +390,12 @@ class Trainer:
         log.info("%s: %s; %s", head, accuracy, self.run_dir / "results.json")
 
     def results(self, status: str) -> dict[str, Any]:
-        return run_results(self.cfg, self.progress, status, self.env.world, self.data_sets)
+        return {**run_results(self.cfg, self.progress, status, self.env.world, self.data_sets),
+                "steps_per_epoch": self.steps_per_epoch}
 
-    def _write_results(self, status: str) -> None:
+    def _write_results(self, status: str, error: str | None = None) -> None:
         if self.env.is_main:
-            write_results(self.run_dir, self.results(status), self.lease)
+            write_results(self.run_dir, {**self.results(status), **({"error": error} if error else {})}, self.lease)
             if status == "completed":
                 self._export(self.module.student, "student.pt")
                 if self.ema is not None:
