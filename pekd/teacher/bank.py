@@ -35,6 +35,7 @@ from pekd.data.sources import Source
 from pekd.errors import PekdError
 from pekd.teacher import checksums
 from pekd.teacher.manifest import FORMAT, LEGACY_FORMATS, Malformed, check_spec
+from pekd.teacher.write_errors import write_error
 
 MANIFEST = "manifest.json"
 BUILDING = "building.json"
@@ -150,7 +151,11 @@ def open_features(folder: Path, spec: dict[str, Any], mode: str) -> np.memmap:
     if size != expected:
         raise PekdError(f"{str(path)!r} has {size} bytes, a {list(shape)} {dtype} bank needs {expected}; "
                         "the file is missing or truncated, rebuild the bank with `python -m pekd.precompute`")
-    return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    try:
+        return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    except OSError as e:  # e.g. a filesystem remounted read-only under a build that resumes
+        raise write_error(path, e, "open") if mode != "r" else PekdError(
+            f"cannot read {str(path)!r} ({(e.strerror or str(e)).lower()}); check the filesystem holding it") from None
 
 
 class BankRows:
