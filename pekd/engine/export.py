@@ -14,7 +14,7 @@ from safetensors.torch import save
 from torch import nn
 
 import pekd
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes
 from pekd.models.loading import EXPORT_FORMAT
 
 

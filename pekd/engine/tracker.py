@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pekd.data.extras import import_extra
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes
 from pekd.errors import PekdError
 
 log = logging.getLogger("pekd")

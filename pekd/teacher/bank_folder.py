@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes
 from pekd.engine.lease import FOLDER as LEASE_FOLDER
 from pekd.engine.lease import Lease, live_holder
 from pekd.errors import PekdError

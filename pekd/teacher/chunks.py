@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes
 from pekd.teacher import bank
 
 log = logging.getLogger("pekd")

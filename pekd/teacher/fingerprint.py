@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pekd.engine.checkpoint import atomic_write_bytes
+from pekd.engine.files import atomic_write_bytes
 from pekd.errors import PekdError
 from pekd.teacher.bank import weights_sha256
 

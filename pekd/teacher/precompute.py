@@ -30,8 +30,8 @@ from pekd.data.batch import Batch
 from pekd.data.pipelines import Passes, build_eval_loader, build_view_passes
 from pekd.data.sources import Source, run_sources
 from pekd.engine import determinism
-from pekd.engine.checkpoint import atomic_write_bytes
 from pekd.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
+from pekd.engine.files import atomic_write_bytes
 from pekd.engine.lease import Lease
 from pekd.engine.metrics import progress_bar
 from pekd.engine.rundir import git_revision
