@@ -100,9 +100,11 @@ def test_ema_equals_torchs_averaged_model_and_copies_counts():
     model = build_model("resnet8", 10, 3)
     ema = StudentEMA(model, 0.9)
     reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    pairs = ema.pairs
     for _ in bn_steps(model, 7):
         ema.update(model)
         reference.update_parameters(model)
+    assert ema.pairs is pairs, "the tensor lists are built once, not every update"
     mine, theirs = ema.model.state_dict(), reference.module.state_dict()
     floats = [k for k, v in mine.items() if v.is_floating_point()]
     counts = [k for k in mine if k.endswith("num_batches_tracked")]
