@@ -20,9 +20,12 @@ wheel: setup
 	rm -rf build
 
 # The chaos soak: one run through 50 random interruptions (USR2, TERM, SIGKILL, SIGKILL mid-checkpoint), then its
-# figures (interruptions survived, steps recomputed, time lost); tens of minutes on a small machine.
+# figures (interruptions survived, steps recomputed, time lost); tens of minutes on a small machine. Then the
+# model-based fault soak: 2,000 generated sequences of events over run directories (tests/fault_model.py), failures
+# shrunk to minimal sequences; its figures (sequences, events, time, failures found); about an hour.
 soak: setup
 	.venv/bin/python -m bench.soak --n 50
+	.venv/bin/python -m bench.fault_model --n 2000
 
 # The GPU check (docs/gpu_check.md): no set-up and no .venv -- any Python with torch (PYTHON=...), offline. Without
 # CUDA it is the CPU rehearsal. OUT_DIR defaults to $$OUT or ./gpu_check_out; FASHION_MNIST=DIR adds that step.
