@@ -16,7 +16,7 @@ import errno
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,12 @@ _WRITE_FIXES = {
 }
 
 
-def write_error(path: Path | str, e: OSError, what: str = "write") -> PekdError:
-    """The one-line error for a file pekd could not write: which file, why (the OS's words) and the fix."""
+def write_error(path: Path | str, e: OSError, what: str = "write", fixes: Mapping[int, str] | None = None,
+                otherwise: str = "check the filesystem holding that folder") -> PekdError:
+    """The one-line error for a file pekd could not write: which file, why (the OS's words) and the fix (by errno:
+    `fixes` where a writer has its own words, e.g. the bank's, else the run directory's)."""
     why = (e.strerror or str(e)).lower()
-    fix = _WRITE_FIXES.get(e.errno or 0, "check the filesystem holding that folder")
+    fix = (_WRITE_FIXES if fixes is None else fixes).get(e.errno or 0, otherwise)
     return PekdError(f"cannot {what} {str(path)!r}: {why}; {fix}")
 
 

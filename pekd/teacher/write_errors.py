@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from pekd.engine import files
 from pekd.errors import PekdError
 
 RESUME = "then re-run the same command (finished chunks are kept)"
@@ -26,6 +27,4 @@ _FIXES = {
 
 def write_error(path: Path, e: OSError, doing: str = "write") -> PekdError:
     """`cannot <doing> '<path>': <why>; <fix>` for an OSError met writing a bank."""
-    why = (e.strerror or str(e)).lower()
-    fix = _FIXES.get(e.errno or 0, f"check the filesystem holding {str(path.parent)!r}; {RESUME}")
-    return PekdError(f"cannot {doing} {str(path)!r}: {why}; {fix}")
+    return files.write_error(path, e, doing, _FIXES, f"check the filesystem holding {str(path.parent)!r}; {RESUME}")
