@@ -818,14 +818,15 @@ class RunLife:
                 self.damaged.pop(str(path))
 
     def settled(self) -> set[tuple[int, str]]:
-        """(step, tag) pairs that must all be logged by now: every step up to the newest verified checkpoint, less
-        that checkpoint's own evaluation while it is still pending (a stop during it leaves it to the resumed run)."""
+        """(step, tag) pairs that must all be logged by now: every step's training scalars up to the newest verified
+        checkpoint, and the evaluations that checkpoint's history holds (not one still pending, nor that of an
+        epoch whose last step was reached at max_steps: its end, and evaluation, come with the next start)."""
         if not self.verified:
             return set()
         newest = self.newest()
-        pending = self.verified[newest].get("pending_eval") is not None
+        evaluated = {int(h["epoch"]) for h in self.verified[newest]["history"] if "top1" in h}
         return {(s, t) for s in range(1, newest + 1) for t in self.ref.tags[s]
-                if not (pending and s == newest and t.startswith("val/"))}
+                if not t.startswith("val/") or s // STEPS_PER_EPOCH - 1 in evaluated}
 
     def check_results(self, statuses: set[str], step: int, out: Outcome) -> None:
         results = self.run_dir / "results.json"
