@@ -24,6 +24,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pekd.engine.devices import check_cuda_usable
 from pekd.errors import PekdError
@@ -138,6 +140,31 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
                                 timeout=timedelta(seconds=timeout_s),
                                 device_id=device if backend == "nccl" else None)
     return DistEnv(rank, world, local_rank, device)
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> DDP:
+    """The training module under DDP, with the two settings pekd's step loop relies on.
+
+    broadcast_buffers=False: by default DDP broadcasts rank 0's buffers (BatchNorm's running statistics) to every
+    rank at the start of every forward -- one more collective per micro-batch, on the step's critical path. Nothing
+    in training reads them: train-mode BatchNorm normalises with the batch's own statistics, so the ranks' losses and
+    gradients do not depend on them, and rank 0's own buffers (the ones checkpointed, exported and resumed from) are
+    the same sequence with or without the broadcast, since a broadcast from rank 0 never changes rank 0's. Where
+    buffers are read, evaluation broadcasts rank 0's first (pekd.engine.evaluation.evaluate, for the student and for
+    its EMA), and DDP's construction copies rank 0's parameters and buffers to every rank once.
+
+    gradient_as_bucket_view=True, with the trainer's zero_grad(set_to_none=True): after each backward every .grad is
+    a view into DDP's all-reduce bucket, so the reduced gradients need no copy back out of the buckets. The
+    set_to_none is deliberate: the next backward makes fresh gradients, and DDP's reducer copies each into its
+    bucket *divided by the world size* in one kernel (mul_out by 1 / world), then points .grad at the bucket again.
+    Zeroing instead (set_to_none=False) would cost a zero-fill of the buckets, an accumulating add and a separate
+    in-place division per gradient -- more kernels on a launch-bound step -- and the first step of every run or
+    resume would take the copy path (x * (1 / world)) while later ones divide in place (x / world): for a world size
+    that is not a power of two those differ in the last bit, and a resumed run would no longer equal an
+    uninterrupted one bit for bit.
+    """
+    return DDP(module, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=False,
+               broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 def backend() -> str:
