@@ -10,6 +10,11 @@ only record a signal (no I/O in a handler, as in pekd.engine.preemption); the dr
 plain `kill PID` reaches the driver alone), cancels what has not started, and waits for the runs to stop. A worker
 that saw a signal -- between runs, or during one, through the run's handler chaining to the worker's -- starts no
 further run.
+
+The workers' runs keep their per-step log lines in their own log files (run_dir/logs/rank0.log): on the driver's
+console those of runs side by side would interleave into a thousand lines. The console gets warnings and errors
+from the workers (pekd.engine.logs.CONSOLE_LEVEL), and from the driver one line per finished run with the phase's
+progress and ETA (Tally).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,6 +41,9 @@ def _record(signum: int, frame: FrameType | None) -> None:
 
 
 def _worker_init() -> None:
+    from pekd.engine.logs import CONSOLE_LEVEL
+
+    os.environ[CONSOLE_LEVEL] = "WARNING"  # the module docstring: the runs' own log files keep their lines
     for s in SIGNALS:
         signal.signal(s, _record)
 
@@ -50,6 +60,35 @@ def _stop_resource_tracker() -> None:
     stop = getattr(resource_tracker._resource_tracker, "_stop", None)
     if stop is not None:
         stop()
+
+
+class Tally:
+    """Progress of a phase of runs on the driver's console, one line per finished run:
+    `[12/35] fd/seed3: top-1 77.81% (41 s); phase eta 4m10s`.
+
+    The ETA is the phase's elapsed time per unit of work done times the work left, which counts the runs going on
+    side by side; `work` weighs each run (its run directory) by what it still has to do -- its optimizer steps, or
+    0 for a run that an earlier invocation finished -- so that the study's budgets (that differ 50-fold) and the
+    finished runs a rerun reuses in a second do not make the ETA a guess by run count."""
+
+    def __init__(self, work: dict[Path, float]) -> None:
+        self.work = {d.resolve(): w for d, w in work.items()}
+        self.left = sum(self.work.values())
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def line(self, run_dir: str | Path, text: str) -> str:
+        """The line of the run in run_dir, which has just finished; `text` says what it gave."""
+        from pekd.engine.metrics import duration_text
+
+        self.done += 1
+        self.left -= self.work.get(Path(run_dir).resolve(), 0.0)
+        total = sum(self.work.values())
+        elapsed = time.perf_counter() - self.t0
+        eta = f"; phase eta {duration_text(elapsed * self.left / (total - self.left))}" \
+            if self.left > 0 and total - self.left > 0 else ""
+        n = len(self.work)
+        return f"[{self.done:>{len(str(n))}}/{n}] {text}{eta}"
 
 
 class NotStarted(Exception):

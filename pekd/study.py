@@ -37,7 +37,7 @@ from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
-from pekd.side_by_side import SideBySide
+from pekd.side_by_side import SideBySide, Tally
 
 # (run folder, row name in the report, overrides) of every student method the study can train
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -140,6 +140,10 @@ def run_dir_of(overrides: list[str]) -> Path:
     return Path(next(o for o in overrides if o.startswith("run_dir=")).split("=", 1)[1])
 
 
+def subset_of(overrides: list[str]) -> int:
+    return int(next(o for o in overrides if o.startswith("data.subset=")).split("=")[1])
+
+
 def train(overrides: list[str]) -> dict[str, Any]:
     from pekd.train import run_to_completion
 
@@ -223,11 +227,16 @@ def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
     # reports whole budgets), and a budget's runs are all the same length, so the order costs no balance
     print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (smallest budget first)",
           flush=True)
-    todo.sort(key=lambda r: int(next(o for o in r if o.startswith("data.subset=")).split("=")[1]))
+    todo.sort(key=subset_of)
+    # a run's work is its optimizer steps (the budgets differ 50-fold); one trained before is only analysed
+    tally = Tally({run_dir_of(r): 0.0 if completed(run_dir_of(r)) else steps(subset_of(r), args.epochs)
+                   for r in todo})
     with SideBySide(args.processes, "the study (`python -m pekd.study` with the same options)") as pool:
         for r in pool.map(train_and_analyze, todo):
-            top1 = "" if r["last_top1"] is None else f": top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)"
-            print(f"   {Path(r['run_dir']).relative_to(args.out.resolve())}{top1}", flush=True)
+            top1 = ": analysed" if r["last_top1"] is None else \
+                f": top-1 {r['last_top1']:.2f}% ({r['seconds']:.0f} s)"
+            print("   " + tally.line(r["run_dir"], f"{Path(r['run_dir']).relative_to(args.out.resolve())}{top1}"),
+                  flush=True)
     return True
 
 

@@ -1,15 +1,18 @@
 """`python -m pekd.demo` end to end at a toy size: every method for every seed on the same data, paired, analysed,
-and both claims reported with their statistics (the real sizes run in `make demo`)."""
+and both claims reported with their statistics (the real sizes run in `make demo`); on the console one line per
+student run with the phase's progress, their per-step lines only in their own logs."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pekd.cluster.run_files import STEP_LINE
 from tests.train_helpers import REPO, env_for
 
 pytestmark = pytest.mark.slow
@@ -45,3 +48,19 @@ def test_the_demo_tests_both_claims_paired_by_seed(tmp_path: Path) -> None:
     assert "## Mechanism" in done.stdout and (out / "report.png").stat().st_size > 0
     assert "10 runs from their final evaluation" in done.stdout and "second pass" not in done.stdout
     assert "budget: 128 images x 2 epochs = 4 optimizer steps per student" in done.stdout
+    # one line per student run as it finishes, with the phase's progress; an ETA while runs are left
+    finished = [line for line in done.stdout.splitlines() if re.match(r"   \[ ?\d+/10\] ", line)]
+    assert [line[4:9] for line in finished] == [f"{i:>2}/10" for i in range(1, 11)], done.stdout
+    assert all(re.fullmatch(r"   \[ ?\d+/10\] \w+/seed[78]: top-1 \d+\.\d\d% \(\d+ s\); phase eta \w+", line)
+               for line in finished[:-1]) and finished[-1].endswith(" s)"), finished
+    assert sorted(re.search(r"\] (\S+):", line).group(1) for line in finished) == sorted(
+        f"{d.parent.name}/{d.name}" for d in out.glob("*/seed*"))
+    # the students' per-step lines are in their own logs, with an ETA; on the console only the teacher's (trained
+    # in the demo's own process)
+    for run_dir in out.glob("*/seed*"):
+        steps = [line for line in (run_dir / "logs" / "rank0.log").read_text().splitlines() if STEP_LINE.search(line)]
+        assert len(steps) == 2 and all(", eta " in line for line in steps), steps
+    teacher = [line.split(" INFO ", 1)[1] for line in (out / "teacher" / "logs" / "rank0.log").read_text().splitlines()
+               if STEP_LINE.search(line)]
+    console = (done.stdout + done.stderr).splitlines()
+    assert teacher and [line for line in console if STEP_LINE.search(line)] == teacher

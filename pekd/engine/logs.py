@@ -4,14 +4,21 @@ stdout and stderr, warnings and tracebacks included); only rank 0 also talks to 
 A log file that can no longer be written (a full disk, a read-only remount) is given up, and the console keeps
 everything: otherwise the one `error:` line about the full disk would itself fail to print, with a traceback, and
 logging would add a "--- Logging error ---" page for every record.
+
+A driver of many runs (pekd.demo, pekd.study, through pekd.side_by_side) sets PEKD_CONSOLE_LEVEL=WARNING in its
+workers: their runs' per-step lines then stay in their own log files, where they are complete, instead of
+interleaving on the driver's console; warnings and errors still reach it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import IO
+
+CONSOLE_LEVEL = "PEKD_CONSOLE_LEVEL"  # the lowest level of record rank 0 prints on the console (default INFO)
 
 
 class Tee:
@@ -76,4 +83,5 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     if rank == 0:
         sh = logging.StreamHandler(sys.__stderr__)
         sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.setLevel(os.environ.get(CONSOLE_LEVEL, "INFO"))
         logger.addHandler(sh)

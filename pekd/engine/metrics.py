@@ -80,14 +80,28 @@ class TrainMeter:
         return stats
 
 
+def steps_left(p: Progress, steps_per_epoch: int, epochs: int, max_steps: int) -> int:
+    """Optimizer steps to the end of the run: to the end of its last epoch, or to trainer.max_steps (0: none)
+    when that comes first."""
+    left = (epochs - p.epoch) * steps_per_epoch - p.step_in_epoch
+    return max(min(left, max_steps - p.global_step) if max_steps else left, 0)
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as compact as the ETA column of `pekd status`: 45s, 12m03s, 2h05m."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 class Metrics:
     """Log lines on every rank (its own log file); TensorBoard events, metrics.csv and the tracker on rank 0."""
 
     def __init__(self, run_dir: Path, is_main: bool, resumed_step: int, tracker: WandbTracker | None = None,
                  check: Callable[[], None] | None = None, evaluation_pending: bool = False) -> None:
         # Each (step, tag) once, whatever the crash point: TensorBoard drops every event from the checkpoint's step
-        # on (purge_step), metrics.csv drops the rows the checkpoint had not seen (pekd.engine.metrics_csv), and
-        # the rows it keeps at that step are written to TensorBoard again; what follows is logged anew.
+        # on (purge_step; step 0 without a checkpoint, so a killed first start's events go too), metrics.csv drops
+        # the rows the checkpoint had not seen (pekd.engine.metrics_csv), and the rows it keeps at that step are
+        # written to TensorBoard again; what follows is logged anew.
         # `check` raises when this process no longer owns the run (its lease was taken over): metrics.csv is one
         # file per run, so an old instance appending to it would interleave rows with the new owner's.
         self.check = check
@@ -95,18 +109,27 @@ class Metrics:
         if is_main:
             self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step, evaluation_pending)
             try:
-                self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step or None)
+                self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step)
             except OSError as e:
                 raise write_error(run_dir / "tb", e, "write TensorBoard events in") from None
             for tag, v in self.csv.at_resume.items():
                 self.writer.add_scalar(tag, v, resumed_step)
             self.flush()
         self.tracker = tracker
+        self.logged_step = resumed_step  # the global step of the last log line: the ETA's pace counts from it
 
-    def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float) -> None:
-        log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s", p.epoch,
+    def train(self, p: Progress, steps_per_epoch: int, stats: TrainStats, lr: float, epochs: int,
+              max_steps: int) -> None:
+        """The log line of a log step, with the run's ETA: the steps left to its end (trainer.epochs, or
+        trainer.max_steps if that comes first) at the pace of the steps since the last log line. Evaluations
+        are not in that pace (a new meter times each epoch's steps), so the ETA is the training still to do."""
+        left = steps_left(p, steps_per_epoch, epochs, max_steps)
+        pace = (p.global_step - self.logged_step) / max(stats.seconds, 1e-9)
+        self.logged_step = p.global_step
+        log.info("epoch %d step %d/%d (global %d): loss %.4f (%s) lr %.4g, %.0f images/s, eta %s", p.epoch,
                  p.step_in_epoch, steps_per_epoch, p.global_step, stats.loss,
-                 " ".join(f"{k} {v:.4f}" for k, v in stats.terms.items()), lr, stats.images_per_s)
+                 " ".join(f"{k} {v:.4f}" for k, v in stats.terms.items()), lr, stats.images_per_s,
+                 duration_text(left / pace))
         self.scalars(p.global_step, {**{f"train/loss_{k}": v for k, v in stats.terms.items()},
                                      "train/loss": stats.loss, "train/top1": stats.top1, "train/lr": lr,
                                      "train/images_per_s": stats.images_per_s})

@@ -299,7 +299,7 @@ class Trainer:
                 bar.update(1)
             if p.global_step % tc.log_every_steps == 0 or p.step_in_epoch == steps:
                 assert self.metrics is not None
-                self.metrics.train(p, steps, meter.reduce(), p.lr)
+                self.metrics.train(p, steps, meter.reduce(), p.lr, tc.epochs, tc.max_steps)
             if stopping:
                 self.save_checkpoint()
                 log.info("%s: stopped at the step boundary, checkpointed at global step %d (epoch %d, step %d); "
