@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pekd.config import DataConfig, validate
+from pekd.data.device_pipeline import resident_device
 from pekd.data.order import Plan
 from pekd.data.pipelines import build_eval_loader, build_train_loader, build_view_passes, pixels_identity
 from pekd.data.sources import build_source
@@ -27,12 +28,15 @@ def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_cifar_folder(tmp_path_factory.mktemp("cifar"), n_train=160, n_test=40)
 
 
-def same_batches(a: list, b: list) -> None:
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b, strict=True):
-        assert x.images.device.type == "cpu" and x.images.dtype == torch.uint8
+def same_batches(torch_batches: list, device_batches: list) -> None:
+    """Equal batches; the device pipeline's images and labels on the device it trains on (a GPU where there is one),
+    index and view on the host."""
+    assert len(torch_batches) == len(device_batches) > 0
+    for x, y in zip(torch_batches, device_batches, strict=True):
+        assert y.images.device == y.labels.device == resident_device() and y.images.dtype == torch.uint8
+        assert y.index.device.type == y.view.device.type == "cpu"
         for field in ("images", "labels", "index", "view"):
-            assert torch.equal(getattr(x, field), getattr(y, field)), field
+            assert torch.equal(getattr(x, field), getattr(y, field).cpu()), field
 
 
 DATA = {  # source, augment, image size: every view family the device pipeline takes

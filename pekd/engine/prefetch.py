@@ -6,7 +6,8 @@ a copy is asynchronous only from page-locked memory: the torch pipeline's DataLo
 (pin_memory=True on CUDA, through Batch.pin_memory); a tensor that arrives unpinned (an FFCV or DALI CPU batch)
 is pinned here first -- one host copy into torch's cached pinned pool -- because a copy from pageable memory
 would block the training thread until the device had it. index and view stay on the host, where the audit reads
-them. Elsewhere (CPU) the batches pass through unchanged: there is nothing to overlap.
+them. Tensors already on the device (data.pipeline=device's images and labels) are used where they are; only a
+bank's rows travel. Elsewhere (CPU) the batches pass through unchanged: there is nothing to overlap.
 """
 
 from __future__ import annotations
