@@ -38,7 +38,7 @@ def _labels(rows: list[Row]) -> list[str]:
     names = [str(r.runs[0].config.get("name") or "") for r in rows]
     if all(names) and len(set(names)) == len(names):
         return names
-    configs = [{k: v for k, v in r.runs[0].config.items() if k not in NOT_EXPERIMENT} for r in rows]
+    configs = [_as_trained({k: v for k, v in r.runs[0].config.items() if k not in NOT_EXPERIMENT}) for r in rows]
     all_keys = {k for r in rows for k in r.runs[0].config}  # seed and name too: bank.seed must not read as seed
     groups: list[list[int]] = []  # rows linked by comparability
     for i, row in enumerate(rows):
@@ -55,13 +55,29 @@ def _labels(rows: list[Row]) -> list[str]:
     labels = _render(configs, shown, all_keys)
     for label in {x for x in labels if not x or labels.count(x) > 1}:
         clash = [i for i, x in enumerate(labels) if x == label]
-        between = [k for k in _varying([dict(rows[i].family()) for i in clash]) if not family_free(k)]
+        between = [k for k in _varying([configs[i] for i in clash]) if not family_free(k)]
         for i in clash:
             shown[i] = between + shown[i]
     labels = [x or r.runs[0].path.name for x, r in zip(_render(configs, shown, all_keys), rows, strict=True)]
-    if len(set(labels)) < len(labels):  # rows that differ only in paper_top1: the directory tells them apart
-        labels = [f"{label} [{row.runs[0].path.name}]" for label, row in zip(labels, rows, strict=True)]
-    return labels
+    # rows that train the same (they differ in paper_top1, or in a teacher that neither uses): their directories
+    # tell them apart
+    return [f"{label} [{row.runs[0].path.name}]" if labels.count(label) > 1 else label
+            for label, row in zip(labels, rows, strict=True)]
+
+
+def _as_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as its training reads the teacher: a run that distils nothing (CE without a KD term, or
+    teacher.mode=none) builds no teacher (pekd.train), so a teacher it names -- the demo's CE names the one its
+    siblings learn from, for pekd.analyze's CKA -- is labelled teacher=none, as it trains. Except where the teacher's
+    mode still changes what it trains on: with teacher.mode=bank (or online with bank.online_same_views) its
+    samples show the bank's K stored views instead of fresh augmentations."""
+    mode = config.get("teacher.mode")
+    distils = mode != "none" and (config.get("method.name") != "ce" or (config.get("method.kd_weight") or 0) > 0)
+    same_views = mode == "bank" or (mode == "online" and bool(config.get("bank.online_same_views")))
+    if mode is None or distils or same_views:
+        return config
+    return {**config, **{k: "" for k in ("teacher.name", "teacher.weights", "teacher.bank") if k in config},
+            "teacher.mode": "none"}
 
 
 def _essential(keys: list[str], configs: list[dict[str, Any]]) -> list[list[str]]:

@@ -272,3 +272,21 @@ def test_a_sweep_whose_runs_all_failed_reports_them_without_a_traceback(tmp_path
     (only_launched / "launches" / "8.json").write_text(json.dumps({"runs": [{"run_dir": str(only_launched / "a")}]}))
     table, data = _report(only_launched, "--along", "data.subset")
     assert "No run completed" in table and data["rows"] == [] and data["flagged"][0]["status"] == "not started"
+
+
+def test_a_ce_run_that_names_a_teacher_it_never_uses_is_labelled_as_it_trains(tmp_path: Path) -> None:
+    """CE builds no teacher (pekd.train), so a CE run of a sweep whose teacher=resnet56 trains exactly as one with
+    teacher=none: both read teacher=none, and their directories tell the rows apart. A CE run whose teacher mode
+    still changes its data (teacher.mode=bank: the bank's stored views) keeps the teacher settings that do."""
+    base = ("data=digits", "model.name=resnet8")
+    runs = {"ce_none": ["teacher=none", "method=ce"], "ce_unused": ["teacher=resnet56", "method=ce"],
+            "ce_views": ["teacher=resnet56", "method=ce", "teacher.mode=bank", "teacher.bank=banks/r56"],
+            "fd": ["teacher=resnet56", "method=fd"]}
+    for i, (slug, overrides) in enumerate(runs.items()):
+        for seed in range(2):
+            _run(tmp_path, f"{slug}_s{seed}", [*overrides, f"seed={seed}"], "completed", 80.0 + i + seed, 80.0,
+                 base=base, eval_set=EVAL_SET)
+    _, data = _report(tmp_path)
+    assert [r["label"] for r in data["rows"]] == [
+        "method=ce teacher=none [ce_none_s0]", "method=ce teacher=none [ce_unused_s0]",
+        "method=ce teacher=resnet56 teacher.bank=r56 mode=bank", "method=fd teacher=resnet56 mode=online"]
