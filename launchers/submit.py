@@ -9,7 +9,7 @@
 One task per GPU (--gpus per node x --nodes); on CPU-only clusters --gpus 0 runs --tasks-per-node tasks per
 node over gloo. Every run gets a run directory fixed now and named by its content (the config's name and hash;
 a sweep's folder by its fixed overrides and swept keys), so a job that is preempted, times out or crashes is
-requeued and resumes there (pekd.launch), and the same command typed again maps to the same directories and
+requeued and resumes there (pekd.cluster.launch), and the same command typed again maps to the same directories and
 resumes them. Every check that can fail - the overrides, the partition, the folder, an existing run
 directory - runs before anything is submitted.
 """
@@ -31,12 +31,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pekd.config import Config
-from pekd.engine.status import completed
-from pekd.errors import PekdError, user_errors_exit
-from pekd.launch_guard import drop_busy
-from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, ScriptPreview, gres_gpus, site_parameters, time_limit
-from pekd.submit_checks import (
+from pekd.cluster.launch_guard import drop_busy
+from pekd.cluster.sbatch import DEFAULT_ARRAY_PARALLELISM, ScriptPreview, gres_gpus, site_parameters, time_limit
+from pekd.cluster.submit_checks import (
     check_folder,
     check_gpu_build,
     check_inputs,
@@ -46,6 +43,9 @@ from pekd.submit_checks import (
     gpu_requirement,
     signal_lead_warning,
 )
+from pekd.config import Config
+from pekd.engine.status import completed
+from pekd.errors import PekdError, user_errors_exit
 
 
 @dataclass
@@ -232,10 +232,10 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
 
 def make_executor(args: argparse.Namespace, job_name: str) -> Any:
     """submitit's executor for the runs. On SLURM, srun ends every task once one fails (a rank must not wait for
-    a dead peer), and the batch script then decides once whether to requeue (pekd.launch)."""
+    a dead peer), and the batch script then decides once whether to requeue (pekd.cluster.launch)."""
     import submitit
 
-    from pekd.launch import batch_teardown
+    from pekd.cluster.launch import batch_teardown
 
     tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
     # One folder per SLURM job. Not for --local: submitit's local controller creates its folder unformatted, which
@@ -299,7 +299,7 @@ def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, ar
              tb_dir: Path) -> list[Any]:
     """--local: at most --parallel runs at a time on this machine, then the same report a cluster sweep ends in.
     A run that fails is reported (its results.json says why), not raised: the others still finish."""
-    from pekd.launch import TrainJob
+    from pekd.cluster.launch import TrainJob
     from pekd.report import main as report
 
     jobs: list[Any] = []
@@ -321,7 +321,7 @@ def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, ar
 def main(argv: list[str] | None = None) -> list[Any]:
     """Returns the submitted submitit jobs (none for --dry-run), for Python callers that want to wait on them; the
     command line goes through console()."""
-    from pekd.launch import TrainJob
+    from pekd.cluster.launch import TrainJob
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "train": (("pekd.train_cli:main",), "train one run: Hydra overrides, --help lists experiments and groups"),
     "submit": (("pekd.launchers.submit:console", "launchers.submit:console"),
                "submit runs or sweeps to SLURM (or --local: this machine), one run directory each"),
-    "status": (("pekd.status_cli:main",), "where every run of a folder, sweep or study stands"),
+    "status": (("pekd.cluster.status:main",), "where every run of a folder, sweep or study stands"),
     "report": (("pekd.report:main",), "mean and 95% CI per configuration, paired comparisons, verdicts"),
     "analyze": (("pekd.analyze:main",), "what distillation did to a run: CKA, calibration, projector diagnostics"),
     "evaluate": (("pekd.evaluate:main",), "top-1/top-5 of a run's exported student"),

@@ -37,7 +37,7 @@ def test_help_lists_every_command_and_imports_none_of_them() -> None:
     for command in ("train", "submit", "report", "analyze", "evaluate", "precompute", "demo", "study",
                     "write-dataset"):
         assert f"\n  {command} " in usage
-    assert ("\n  status " in usage) == (importlib.util.find_spec("pekd.status_cli") is not None)
+    assert ("\n  status " in usage) == (importlib.util.find_spec("pekd.cluster.status") is not None)
 
 
 def test_python_m_pekd_help_is_fast() -> None:
@@ -73,7 +73,7 @@ def test_every_command_resolves_to_a_function() -> None:
     """Each command's module imports (submit from pekd.launchers, the name a wheel and an editable install give
     launchers/) and has the function the dispatcher calls."""
     for command in pekd.cli.COMMANDS:
-        if command == "status" and importlib.util.find_spec("pekd.status_cli") is None:
+        if command == "status" and importlib.util.find_spec("pekd.cluster.status") is None:
             continue
         assert callable(pekd.cli.entry_point(command)), command
 

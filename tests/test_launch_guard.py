@@ -1,5 +1,5 @@
 """launchers/submit.py never queues a run twice: a run whose lease is live or whose job is still queued or running is
-refused naming the job, and the rest of the sweep is submitted (pekd.launch_guard).
+refused naming the job, and the rest of the sweep is submitted (pekd.cluster.launch_guard).
 
 The cluster test takes ~20-40 s (the local SLURM cluster, shared by the session, plus two jobs cancelled at once).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from launchers import submit
+from pekd.cluster.launch_guard import busy_runs
 from pekd.engine.lease import Lease
-from pekd.launch_guard import busy_runs
 from slurm.local_cluster import LocalCluster
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401
 from tests.train_helpers import TINY

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from launchers import submit
+from pekd.cluster.sbatch import DEFAULT_ARRAY_PARALLELISM, gres_gpus, pass_through, slurm_minutes
 from pekd.errors import PekdError
-from pekd.sbatch import DEFAULT_ARRAY_PARALLELISM, gres_gpus, pass_through, slurm_minutes
 from tests.train_helpers import REPO, TINY
 
 

@@ -19,7 +19,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from launchers import submit
-from pekd.launch import (
+from pekd.cluster.launch import (
     FAILURES_FILE,
     ExitRecord,
     FailureRecord,
@@ -39,7 +39,8 @@ pytestmark = pytest.mark.slow
 
 # A run that crashes for real: one DataLoader worker per task, killed with SIGKILL the way the kernel's OOM killer
 # kills a process. The training process then raises RuntimeError "DataLoader worker (pid N) is killed by signal"
-# (or "... exited unexpectedly" from that) - an ordinary exception, which pekd.launch answers by requeueing the job.
+# (or "... exited unexpectedly" from that) - an ordinary exception, which pekd.cluster.launch answers by requeueing
+# the job.
 # 8 epochs of 44 steps, a checkpoint every 5 steps: long enough to crash mid-run after a checkpoint.
 CRASHY = [*TINY, "method=ce", "teacher=none", "data.workers=1", "trainer.epochs=8", "trainer.ckpt_every_steps=5"]
 CRASHY_STEPS = 8 * 44
@@ -258,7 +259,8 @@ def test_the_sbatch_script_kills_every_task_on_a_bad_exit_and_then_decides_once(
     assert "--kill-on-bad-exit=1" in srun.split()
     folder = tmp_path.resolve() / "submitit" / "%j"
     assert teardown.splitlines() == batch_teardown(sys.executable, folder)
-    assert teardown.startswith("pekd_status=$?") and f"-m pekd.launch after-srun \"$pekd_status\" {folder}" in teardown
+    assert teardown.startswith("pekd_status=$?")
+    assert f"-m pekd.cluster.launch after-srun \"$pekd_status\" {folder}" in teardown
 
 
 def test_the_cause_of_a_failure_is_the_bottom_of_its_chain() -> None:

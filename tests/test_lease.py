@@ -124,7 +124,7 @@ def test_a_run_directory_being_made_is_refused_for_its_owner_not_for_a_missing_c
 
 def test_a_job_failed_for_good_leaves_results_to_the_instance_that_holds_the_run(tmp_path: Path) -> None:
     """The batch script of a job that failed for good marks the run failed only while nobody else holds it."""
-    from pekd.launch import TrainJob
+    from pekd.cluster.launch import TrainJob
 
     job = TrainJob(OmegaConf.create({"run_dir": str(tmp_path)}))
     (tmp_path / "results.json").write_text('{"status": "running", "lease_generation": 1}')

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from launchers import submit
-from pekd.launch import newest_checkpoint_step
+from pekd.cluster.launch import newest_checkpoint_step
 from pekd.models import read_weights
 from slurm.local_cluster import LocalCluster
 from tests.launcher_helpers import finish, restart_count, run_log

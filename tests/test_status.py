@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from launchers import submit
+from pekd.cluster.launch_guard import active_jobs
+from pekd.cluster.status import collect, main
 from pekd.engine.lease import current_holder, live_holder
-from pekd.launch_guard import active_jobs
-from pekd.status_cli import collect, main
 from slurm.local_cluster import LocalCluster
 from tests.launcher_helpers import cpu_args
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
@@ -154,8 +154,8 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("")
     for folder, needle in ((tmp_path / "empty", "no pekd runs under"), (tmp_path / "file", "is not a folder")):
-        proc = subprocess.run([sys.executable, "-m", "pekd.status_cli", str(folder)], capture_output=True, text=True,
-                              cwd=REPO, timeout=60)
+        proc = subprocess.run([sys.executable, "-m", "pekd.cluster.status", str(folder)], capture_output=True,
+                              text=True, cwd=REPO, timeout=60)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr.startswith("error: ") and needle in proc.stderr and proc.stderr.count("\n") == 1
 

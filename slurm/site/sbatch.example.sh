@@ -30,6 +30,6 @@ srun --unbuffered --output /shared/runs/submitit/%j/%j_%t_log.out --error /share
 
 # teardown
 # After a failed srun the batch script (outside srun's step, so still alive) decides once for the whole job:
-# requeue after a crash unless it keeps crashing without a new checkpoint, fail on a user error (pekd.launch).
+# requeue after a crash unless it keeps crashing without a new checkpoint, fail on a user error (pekd.cluster.launch).
 pekd_status=$?  # srun's: not 0 when a task failed (--kill-on-bad-exit=1 has ended the others)
-if [ "$pekd_status" -ne 0 ]; then /shared/venv/bin/python -m pekd.launch after-srun "$pekd_status" /shared/runs/submitit/%j; exit 1; fi
+if [ "$pekd_status" -ne 0 ]; then /shared/venv/bin/python -m pekd.cluster.launch after-srun "$pekd_status" /shared/runs/submitit/%j; exit 1; fi

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pekd.cluster.sbatch import slurm_minutes
 from pekd.errors import PekdError
-from pekd.sbatch import slurm_minutes
 
 
 def check_gpu_build(gpus: int) -> None:
@@ -44,7 +44,7 @@ def gpu_requirement(cfg: DictConfig) -> str | None:
 def check_inputs(cfgs: list[DictConfig], waits: bool) -> None:
     """Every run's teacher, data, bank and .betons on this node, and its model names: one `error:` line per problem
     and exit 2, nothing queued. A job that waits for another (--after) may name a teacher that job is to write."""
-    from pekd.preflight import inputs_problems
+    from pekd.cluster.preflight import inputs_problems
 
     problems, notes = inputs_problems(cfgs, pending_teacher_ok=waits)
     for note in notes:

@@ -17,8 +17,8 @@ import shlex
 from pathlib import Path
 from types import ModuleType
 
+from pekd.cluster.sweep import Launch
 from pekd.errors import PekdError
-from pekd.sweep_find import Launch
 
 # submit.py options that do not carry over to a resubmission (see the module docstring)
 NOT_CARRIED = {"multirun", "resume", "overrides", "dry_run", "folder", "after", "dependency"}

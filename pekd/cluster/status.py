@@ -1,4 +1,4 @@
-"""`pekd status FOLDER [--watch [SECONDS]] [--failed]` (or `python -m pekd.status_cli`): where every run of a run
+"""`pekd status FOLDER [--watch [SECONDS]] [--failed]` (or `python -m pekd status`): where every run of a run
 directory, a sweep or a study stands, one row per run -- state (done, running, queued, requeued N times, stopped,
 failed with its error line, not started), step of total, last and best top-1, images/s, ETA, its SLURM job and
 who holds its lease -- read from the run directories and launch records, and from squeue/sacct when a SLURM
@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pekd.cluster.queue import Job, ended_jobs, queued_jobs
+from pekd.cluster.resubmit import resubmit_commands
+from pekd.cluster.run_files import RunFiles, read_run_files
+from pekd.cluster.run_state import STATES, RunState, run_state
+from pekd.cluster.sweep import Launch, launches, run_dirs_on_disk
 from pekd.errors import PekdError
-from pekd.sweep_files import RunFiles, read_run_files
-from pekd.sweep_find import Launch, launches, run_dirs_on_disk
-from pekd.sweep_resubmit import resubmit_commands
-from pekd.sweep_slurm import Job, ended_jobs, queued_jobs
-from pekd.sweep_state import STATES, RunState, run_state
 
 FILES_ONLY = "states from the run directories and launch records only"
 HEADER = ("run", "state", "step", "last", "best", "img/s", "ETA", "job", "lease")

@@ -22,7 +22,7 @@ which noticed first:
   files) unless another task wrote it first: the first failure is the cause, the peers that then lose their
   connection to it are its echoes. It then exits.
 - After srun, the batch script (`batch_teardown`, which launchers/submit.py appends to the sbatch script) runs
-  `python -m pekd.launch after-srun STATUS FOLDER` if srun failed. A user error (PekdError, the same on every
+  `python -m pekd.cluster.launch after-srun STATUS FOLDER` if srun failed. A user error (PekdError, the same on every
   try) fails the job at once. A crash - or no record at all: every failed task was killed before it could write
   one - requeues the job with `scontrol requeue`, exactly once since there is one batch script, but only until
   the job has crashed `max_failures` times in a row without a new checkpoint in between; then it fails with the
@@ -164,9 +164,9 @@ def srun_status_text(status: int) -> str:
 
 def batch_teardown(python: str, folder: Path) -> list[str]:
     """The lines launchers/submit.py appends to the sbatch script after srun: when srun failed, let
-    `python -m pekd.launch after-srun` decide, then end with status 1 whatever it decided - never srun's 137,
+    `python -m pekd.cluster.launch after-srun` decide, then end with status 1 whatever it decided - never srun's 137,
     which a site's `RequeueExit=137` would requeue a second time, or after pekd gave up on the job."""
-    verdict = f'{shlex.quote(python)} -m pekd.launch after-srun "$pekd_status" {shlex.quote(str(folder))}'
+    verdict = f'{shlex.quote(python)} -m pekd.cluster.launch after-srun "$pekd_status" {shlex.quote(str(folder))}'
     return ["pekd_status=$?  # srun's: not 0 when a task failed (--kill-on-bad-exit=1 has ended the others)",
             f'if [ "$pekd_status" -ne 0 ]; then {verdict}; exit 1; fi']
 
@@ -325,9 +325,9 @@ def _log_from_batch_script(run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m pekd.launch after-srun STATUS FOLDER`, run by the batch script (see batch_teardown); FOLDER is
+    """`python -m pekd.cluster.launch after-srun STATUS FOLDER`, run by the batch script (see batch_teardown); FOLDER is
     submitit's job folder pattern (with %j), which names the job's pickle and records."""
-    ap = argparse.ArgumentParser(prog="python -m pekd.launch", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m pekd.cluster.launch", description=main.__doc__)
     ap.add_argument("action", choices=["after-srun"])
     ap.add_argument("status", type=int, help="srun's exit status")
     ap.add_argument("folder")

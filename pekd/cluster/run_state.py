@@ -1,5 +1,5 @@
 """One run's state for `pekd status`, judged from its run directory, its newest launch record and SLURM's word on
-its job (pure: everything it judges is read beforehand, by pekd.sweep_files and pekd.sweep_slurm).
+its job (pure: everything it judges is read beforehand, by pekd.cluster.run_files and pekd.cluster.queue).
 
 The order of the questions is the order of authority: a run whose results.json says completed is done whatever
 its job says; a live lease means a process trains it now; then what SLURM says of the job (queued, requeued and
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pekd.sweep_files import RunFiles, job_log_error
-from pekd.sweep_find import Launch
-from pekd.sweep_slurm import Job
+from pekd.cluster.queue import Job
+from pekd.cluster.run_files import RunFiles, job_log_error
+from pekd.cluster.sweep import Launch
 
 RUNNING = {"RUNNING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
 # how a job that SLURM will not requeue again can end without its run completing
