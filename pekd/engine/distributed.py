@@ -11,7 +11,7 @@ deadline (PEKD_RENDEZVOUS_TIMEOUT, 120 s by default), and an unreachable one is 
 the caller's timeout (trainer.dist_timeout_s): gloo raises as soon as a dead peer's sockets close (which its
 forked DataLoader workers can delay by a few seconds) and after the timeout when a live peer hangs; NCCL's
 watchdog tears the process down after it (TORCH_NCCL_ASYNC_ERROR_HANDLING's default). Under SLURM, srun's
---kill-on-bad-exit usually ends the survivors long before that (pekd.launch).
+--kill-on-bad-exit usually ends the survivors long before that (pekd.cluster.launch).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class DistEnv:
 
 def _from_slurm() -> None:
     """Export torchrun-style variables from SLURM's via submitit (MASTER_ADDR is the first node of the job's node
-    list). submitit derives MASTER_PORT from the job id only; pekd.launch mixes in the restart count so that a
+    list). submitit derives MASTER_PORT from the job id only; pekd.cluster.launch mixes in the restart count so that a
     requeued job never meets its previous incarnation's rendezvous."""
     from submitit.helpers import TorchDistributedEnvironment
 

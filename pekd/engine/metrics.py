@@ -108,11 +108,13 @@ class Metrics:
         self.writer, self.csv = None, None
         if is_main:
             self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step, evaluation_pending)
-            try:
+            kept = self.csv.at_resume if self.csv.found else _tensorboard_at(run_dir / "tb", resumed_step,
+                                                                              evaluation_pending)
+            try:  # read before this writer's purge event exists
                 self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step)
             except OSError as e:
                 raise write_error(run_dir / "tb", e, "write TensorBoard events in") from None
-            for tag, v in self.csv.at_resume.items():
+            for tag, v in kept.items():
                 self.writer.add_scalar(tag, v, resumed_step)
             self.flush()
         self.tracker = tracker
@@ -162,6 +164,19 @@ class Metrics:
             self.csv.close()
         if self.tracker is not None:
             self.tracker.close()
+
+
+def _tensorboard_at(folder: Path, step: int, evaluation_pending: bool) -> dict[str, float]:
+    """The scalars TensorBoard holds at `step` (but a pending evaluation's): what is written again after the purge
+    when metrics.csv, the usual source, is gone. Reads every events file, so only on that rare path."""
+    if not step or not folder.is_dir():
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)
+            if e.step == step and not (evaluation_pending and tag.startswith("val/"))}
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:

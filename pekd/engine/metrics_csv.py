@@ -26,6 +26,7 @@ class MetricsCSV:
     def __init__(self, path: Path, resumed_step: int, evaluation_pending: bool = False) -> None:
         self.path = path
         self.at_resume: dict[str, float] = {}  # the kept rows of the resumed step: tag -> value
+        self.found = path.is_file()  # False for a new run, or one whose metrics.csv was deleted
         try:
             if path.is_file():
                 self._keep_through(resumed_step, evaluation_pending)

@@ -1,7 +1,9 @@
-"""results.json: a run's status, accuracies, seeds, data identities and per-epoch history, for pekd.report."""
+"""results.json: a run's status, accuracies, seeds, data identities and per-epoch history, for pekd.report and
+pekd status; and the line that tells a user what a finished run achieved."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,3 +46,25 @@ def write_results(run_dir: Path, results: dict[str, Any], lease: Lease | None = 
         write_json(run_dir / "results.json", results)
     else:
         write_json(run_dir / "results.json", lease.stamp(results), lambda: lease.check("results.json"))
+
+
+def recorded(run_dir: Path, status: str, global_step: int, exports: list[str]) -> bool:
+    """Whether results.json (and the named exports) already say what the run is: a process stopped between its last
+    checkpoint and those files leaves them behind, or a user deleted one; a rerun then writes them again."""
+    try:
+        old = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(old, dict) and old.get("status") == status and old.get("global_step") == global_step
+            and all((run_dir / name).is_file() for name in exports))
+
+
+def summary_line(r: dict[str, Any], tc: Any, run_dir: Path) -> str:
+    """`complete: 240 epochs, global step N: best top-1 x%, last top-1 y%; <results.json>` (or stopped at max_steps)."""
+    if r["status"] == "completed":
+        head = f"complete: {tc.epochs} epochs, global step {r['global_step']}"
+    else:
+        head = f"stopped at trainer.max_steps={tc.max_steps} (global step {r['global_step']})"
+    best, last = r["best_top1"], r["last_top1"]
+    accuracy = "no evaluation yet" if best != best else f"best top-1 {best:.2f}%, last top-1 {last:.2f}%"
+    return f"{head}: {accuracy}; {run_dir / 'results.json'}"

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pekd.data.batch import Batch
 from pekd.engine import checkpoint as ckpt
 from pekd.engine.checks import PendingChecks, check_due, weights_finite
+from pekd.engine.compatibility import MISFIT, check_fits, describe
 from pekd.engine.compilation import compile_training
 from pekd.engine.distributed import DistEnv
 from pekd.engine.ema import StudentEMA
@@ -45,13 +46,12 @@ from pekd.engine.precision import NAMES, amp_dtype, autocast, grad_scaler, load_
 from pekd.engine.preemption import StopSignal
 from pekd.engine.prefetch import prefetch
 from pekd.engine.progress import Progress
-from pekd.engine.results import run_results, write_results
+from pekd.engine.results import recorded, run_results, summary_line, write_results
 from pekd.engine.schedule import build_scheduler, load_scheduler_state, scheduler_state
 from pekd.engine.step import GradientStep, StepResult, step_seed
 from pekd.engine.tracker import open_tracker
 from pekd.errors import PekdError
 from pekd.methods.base import TrainModule
-from pekd.models.loading import first_bad_key
 
 __all__ = ["Trainer", "amp_dtype"]  # amp_dtype: imported from here by pekd.teacher.precompute and the benches
 
@@ -116,25 +116,12 @@ class Trainer:
         return state
 
     def load_state_dict(self, s: dict[str, Any], path: Path | None = None) -> None:
-        where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
-        fix = ("it was written for another model, method or projector count: use another run_dir, or "
-               "on_existing=overwrite to move the old run aside")
-        missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step",
-                               "best_top1", "history", "global_batch", "seed") if k not in s]
-        if missing:
-            raise PekdError(f"{where} is not a pekd training checkpoint (no {', '.join(missing)}); move it aside")
-        if s["global_batch"] != self.plan.global_batch or s["seed"] != self.cfg.seed:
-            raise PekdError(f"checkpoint was written with global batch {s['global_batch']} and seed {s['seed']}, "
-                            f"this run has {self.plan.global_batch} and {self.cfg.seed}; resume with the same recipe")
-        bad = first_bad_key(self.module.state_dict(), s["model"])
-        if bad is not None:
-            raise PekdError(f"{where} does not fit this run's {self.cfg.model.name} + {self.cfg.method.name} "
-                            f"(q={self.cfg.method.q}): first bad key {bad}; {fix}")
+        check_fits(s, self.module, self.cfg, self.plan.global_batch, path)
         self.module.load_state_dict(s["model"])
         try:
             self.optimizer.load_state_dict(s["optimizer"])
         except (ValueError, KeyError) as e:
-            raise PekdError(f"{where}: its optimizer state does not fit this run's ({e}); {fix}") from None
+            raise PekdError(f"{describe(path)}: its optimizer state does not fit this run's ({e}); {MISFIT}") from None
         current_lr = self.optimizer.param_groups[0]["lr"]
         if "lr" in s:
             load_scheduler_state(self.scheduler, s["scheduler"])
@@ -227,14 +214,16 @@ class Trainer:
         return "stopped" if tc.max_steps and p.global_step >= tc.max_steps else None
 
     def fit(self) -> dict[str, Any]:
-        env, tc, p = self.env, self.tc, self.progress
+        env, p = self.env, self.progress
         lease = self.lease
         steps = self.train_loader.steps_per_epoch
         if steps == 0:
             raise PekdError(f"the training set has fewer samples than one global batch ({self.plan.global_batch}); "
                             "lower data.batch_size or use more data")
         done = self.finished()
-        if done is not None:  # a rerun of a finished run trains nothing and writes nothing
+        if done is not None:  # a rerun of a finished run trains nothing, and writes only what a stop cut short
+            if not self._recorded(done):
+                self._write_results(done)
             self._summary(done)
             return self.results(done)
         self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
@@ -245,10 +234,10 @@ class Trainer:
         with StopSignal() as stop:
             # a run stopped during an evaluation resumes with it: it ran after the checkpoint, so it comes first
             status = "running" if p.pending_eval is None else self._evaluate_epoch(stop)
-            while p.epoch < tc.epochs and status == "running":
+            while status == "running" and self.finished() is None:
                 status = self._run_epoch(stop, steps)
             if status == "running":
-                status = "completed"
+                status = self.finished() or status
             self._write_results(status)
             self.metrics.close()
             if status in ("completed", "stopped"):
@@ -378,16 +367,12 @@ class Trainer:
         self._write_results("failed", error)
         raise PekdError(error)
 
+    def _recorded(self, status: str) -> bool:
+        exports = ["student.pt"] + (["ema.pt"] if self.ema is not None else []) if status == "completed" else []
+        return not self.env.is_main or recorded(self.run_dir, status, self.progress.global_step, exports)
+
     def _summary(self, status: str) -> None:
-        """The line a user looks for at the end (and on a rerun of a finished run): what the run achieved."""
-        r = self.results(status)
-        if status == "completed":
-            head = f"complete: {self.tc.epochs} epochs, global step {self.progress.global_step}"
-        else:
-            head = f"stopped at trainer.max_steps={self.tc.max_steps} (global step {self.progress.global_step})"
-        accuracy = ("no evaluation yet" if r["best_top1"] != r["best_top1"] else
-                    f"best top-1 {r['best_top1']:.2f}%, last top-1 {r['last_top1']:.2f}%")
-        log.info("%s: %s; %s", head, accuracy, self.run_dir / "results.json")
+        log.info("%s", summary_line(self.results(status), self.tc, self.run_dir))
 
     def results(self, status: str) -> dict[str, Any]:
         return {**run_results(self.cfg, self.progress, status, self.env.world, self.data_sets),
