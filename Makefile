@@ -14,9 +14,14 @@ test: setup
 lint: setup
 	.venv/bin/ruff check pekd launchers tests bench slurm
 
-# A wheel of pekd alone (configs inside) in dist/, for `pip install dist/pekd-*.whl` or a wheelhouse.
-wheel: setup
-	.venv/bin/pip wheel -q --no-deps --no-build-isolation -w dist .
+# A wheel of pekd alone (configs inside) in dist/, for `pip install dist/pekd-*.whl` or a wheelhouse: any Python
+# with pip (PYTHON=..., default python3), no set-up and no .venv, seconds. A Python with setuptools >= 77 builds
+# offline (--no-build-isolation); any other has pip fetch setuptools into an isolated build environment.
+wheel:
+	@py=$${PYTHON:-python3}; \
+	if $$py -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; \
+	then set -- --no-build-isolation; fi; \
+	set -x; $$py -m pip wheel -q --no-deps "$$@" -w dist .
 	rm -rf build
 
 # The chaos soak: one run through 50 random interruptions (USR2, TERM, SIGKILL, SIGKILL mid-checkpoint), then its

@@ -2,11 +2,13 @@
 # The GPU check: what only a CUDA node can show about pekd, in one command that fits a 10-minute slot on a bare,
 # offline compute node (docs/gpu_check.md says what each step checks and how to read the table).
 #
-#   bash bench/gpu_check.sh [OUT_DIR] [--fashion-mnist DIR] [--phases ab]
+#   bash bench/gpu_check.sh [OUT_DIR] [--fashion-mnist DIR] [--phases ab] [--wheelhouse DIR]...
 #
 # Any Python with torch will do (PYTHON=..., default python3): no venv, no set-up, no network. pekd runs from
-# this checkout (PYTHONPATH); the pure-Python packages the node lacks (hydra-core, omegaconf, antlr4, submitit)
-# install from bench/wheelhouse/ into a scratch folder that every step and its child processes see. Two phases,
+# this checkout (PYTHONPATH); what pekd needs and the node lacks (hydra-core, omegaconf, antlr4, submitit, PyYAML,
+# packaging, ...) installs from bench/wheelhouse/ and each --wheelhouse DIR (GPU_CHECK_WHEELHOUSE, for a node that
+# lacks more: scripts/wheelhouse.py) into a scratch folder that every step and its child processes see. If a
+# requirement is absent from both, the deps row names each one and the steps after it are NOT CHECKED. Two phases,
 # each at most GPU_CHECK_PHASE_S (240) seconds and every step under its own `timeout`: (a) correctness, its
 # steps side by side; (b) speed, one bench at a time. Without CUDA (the CPU rehearsal) every CUDA step reports
 # NOT CHECKED -- those with a harness of their own rehearse it on the CPU first. The summary table comes last;
@@ -23,7 +25,10 @@ while (($#)); do
     case $1 in
         --fashion-mnist) FASHION=$2; shift 2 ;;
         --phases) PHASES=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --wheelhouse)
+            [[ -d $2 ]] || { echo "error: --wheelhouse $2 is not a folder" >&2; exit 2; }
+            GPU_CHECK_WHEELHOUSE=${GPU_CHECK_WHEELHOUSE:+$GPU_CHECK_WHEELHOUSE:}$(cd "$2" && pwd); shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) OUT_DIR=$1; shift ;;
     esac
 done
@@ -37,12 +42,21 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pekd_gpu_check.XXXXXX")
 RESULTS=$WORK/results LOGS=$WORK/logs SITE=$WORK/site
 mkdir -p "$RESULTS" "$LOGS"
-export GPU_CHECK_RESULTS=$RESULTS GPU_CHECK_WORK=$WORK PYTHONUNBUFFERED=1
+export GPU_CHECK_RESULTS=$RESULTS GPU_CHECK_WORK=$WORK PYTHONUNBUFFERED=1 GPU_CHECK_WHEELHOUSE=${GPU_CHECK_WHEELHOUSE:-}
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
 TEE_PID=$!
 
 note() { "$PY" -m bench.gpu_check.common "$@"; }
+
+# blocked NAME: true (and NAME recorded NOT CHECKED) when the deps step found pekd's requirements absent: a step
+# would only fail on its first import, which the deps row already names.
+blocked() {
+    [[ $1 != deps && -s $WORK/deps/absent ]] || return 1
+    note record "$1" "NOT CHECKED" "pekd's requirements are absent here: $(paste -sd, "$WORK/deps/absent" \
+        | sed 's/,/, /g') (the deps row)" >/dev/null
+    note show "$1" 0
+}
 
 # step NAME SECONDS COMMAND...: run COMMAND (which records NAME's result) under `timeout`, capped by what is left
 # of the phase; a step that times out or dies without a result is recorded here: FAIL when it overran its own
@@ -50,6 +64,7 @@ note() { "$PY" -m bench.gpu_check.common "$@"; }
 step() {
     local name=$1 own=$2 left t rc t0
     shift 2
+    blocked "$name" && return
     left=$((PHASE_END - $(date +%s)))
     ((GPUS > 0)) || own=$left  # the CPU rehearsal: the phase's budget is the only limit (shared, loaded cores)
     t=$((own < left ? own : left))
@@ -76,6 +91,7 @@ step() {
 
 # cuda_step NAME SECONDS COMMAND...: a step with nothing to rehearse without CUDA.
 cuda_step() {
+    blocked "$1" && return
     if ((GPUS > 0)); then step "$@"; else note record "$1" "NOT CHECKED" "no CUDA device" >/dev/null; note show "$1" 0; fi
 }
 
@@ -87,7 +103,8 @@ phase() {
 }
 end_phase() { echo "$PHASE $(($(date +%s) - PHASE_START))" >>"$WORK/phases"; }
 
-echo "pekd GPU check: $PY, repo $REPO, scratch $WORK, output $OUT_DIR, Fashion-MNIST '${FASHION:-none given}'"
+echo "pekd GPU check: $PY, repo $REPO, scratch $WORK, output $OUT_DIR, Fashion-MNIST '${FASHION:-none given}'," \
+    "wheelhouses bench/wheelhouse${GPU_CHECK_WHEELHOUSE:+:$GPU_CHECK_WHEELHOUSE}"
 CHECKS=(deps preflight nccl_1proc ddp2_resume bank_bf16 compiled_run sync_audit determinism fashion_mnist
         resnet18_eager resnet18_compiled trainer_overhead bank_vs_online official_loop)
 # The ranks of the multi-process steps meet on 127.0.0.1. A fresh network namespace (`unshare -n`, how the CPU

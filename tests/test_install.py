@@ -4,8 +4,10 @@ error naming the extra."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,15 +54,19 @@ def test_every_package_and_config_folder_is_in_the_wheel_list():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pekd's wheel, built from a copy of the checkout (the build writes build/ beside its sources)."""
-    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
-    for name in ("pyproject.toml", "README.md"):
+    """pekd's wheel, built by `make wheel` in a copy of the checkout (the build writes build/ beside its sources)
+    that has no .venv: the target needs no set-up, only a Python with pip (this one has setuptools, so pip builds
+    without fetching it)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("Makefile", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for name in ("pekd", "configs", "launchers"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(src)], check=True, capture_output=True, timeout=300)
-    [built] = out.glob("pekd-*.whl")
+    done = subprocess.run(["make", "wheel"], cwd=src, env={**os.environ, "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (src / ".venv").exists() and not (src / "build").exists()
+    [built] = (src / "dist").glob("pekd-*.whl")
     return built
 
 
@@ -133,3 +139,103 @@ def test_a_pipeline_whose_extra_is_missing_is_one_error_naming_it(monkeypatch, t
     assert line.startswith(f"error: data.pipeline={pipeline} needs the {module} package, which cannot be imported")
     assert f"pip install 'pekd[{extra}]'" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# What bench/wheelhouse carries (scripts/make_wheelhouse.sh): pekd's requirements a GPU node's image may lack.
+CARRIED = {"hydra-core", "omegaconf", "antlr4-python3-runtime", "packaging", "pyyaml", "submitit", "cloudpickle",
+           "tqdm", "safetensors"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_a_wheelhouse_holds_pekd_and_exactly_what_the_node_lacks(wheel, tmp_path):
+    """scripts/wheelhouse.py for a Python 3.12 node that has everything of this environment but bench/wheelhouse's
+    packages, resolved offline over bench/wheelhouse: pekd's wheel and those packages go in -- PyYAML as its cp312
+    build, safetensors through a manylinux2014 tag that only the expansion of manylinux_2_28 finds -- and nothing
+    the node has (~15 s)."""
+    node = [f"{d.name}=={d.version}" for d in md.distributions() if canonical(d.name) not in CARRIED]
+    (tmp_path / "node.txt").write_text("\n".join(node) + "\n")
+    out = tmp_path / "wheelhouse"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "wheelhouse.py"), str(out), "--have",
+                           str(tmp_path / "node.txt"), "--python-version", "3.12", "--wheel", str(wheel),
+                           "--no-index", "--find-links", str(REPO / "bench" / "wheelhouse")],
+                          env={**os.environ, "PIP_CONFIG_FILE": os.devnull}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = {canonical(w.name.split("-")[0]): w.name for w in out.glob("*.whl")}
+    assert set(got) == CARRIED | {"pekd"}
+    assert "-cp312-cp312-" in got["pyyaml"] and got["pekd"] == wheel.name
+    assert "on the node: pip install --no-index --find-links" in done.stdout
+
+
+def torch_only_python(folder: Path, *extra: str) -> Path:
+    """A Python that has torch, torchvision (with what they need), pip and `extra` and nothing else: a venv made
+    without --system-site-packages whose one .pth names a folder of links to those distributions in this
+    environment -- a real install of torch, as on a GPU node, without copying its 5 GB."""
+    from packaging.requirements import Requirement
+
+    links, venv = folder / "links", folder / "node"
+    links.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    queue, seen = ["torch", "torchvision", "pip", *extra], set()
+    while queue:
+        name = canonical(queue.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = md.distribution(name)
+        queue += [r.name for r in map(Requirement, dist.requires or [])
+                  if r.marker is None or r.marker.evaluate({"extra": ""})]
+        site = Path(dist.locate_file(""))
+        for top in {Path(f).parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
+            if (site / top).exists() and not (links / top).exists():
+                (links / top).symlink_to(site / top)
+    [site_packages] = venv.glob("lib/python3*/site-packages")
+    (site_packages / "node.pth").write_text(f"{links}\n")
+    return venv / "bin" / "python"
+
+
+@pytest.mark.parametrize("node_has, absent", [
+    ((), ["tensorboard>=2.17.1", "scikit-learn>=1.5", "scipy>=1.14", "matplotlib>=3.9"]),
+    (("tensorboard", "scikit-learn", "scipy", "matplotlib"), []),
+])
+def test_the_gpu_checks_deps_row_installs_what_the_node_lacks_and_names_what_no_wheelhouse_has(tmp_path, node_has,
+                                                                                                absent):
+    """bench/gpu_check.sh's first step on a node with only torch and torchvision (+ `node_has`): it installs
+    hydra-core, omegaconf, PyYAML, packaging, ... from bench/wheelhouse -- after which they import there -- and
+    names at once every requirement that neither the node nor the wheelhouse has, for the steps after it to be
+    NOT CHECKED (~20 s each)."""
+    python = torch_only_python(tmp_path, *node_has)
+    site, work = tmp_path / "site", tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPU_CHECK_RESULTS": str(tmp_path / "results"),
+           "GPU_CHECK_WORK": str(work), "PIP_CONFIG_FILE": os.devnull}
+    env.pop("GPU_CHECK_WHEELHOUSE", None)
+    done = subprocess.run([str(python), "-m", "bench.gpu_check.deps", str(site)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    row = json.loads((tmp_path / "results" / "deps.json").read_text())
+    assert (done.returncode, row["status"]) == ((1, "FAIL") if absent else (0, "PASS")), done.stdout + done.stderr
+    assert row["details"]["absent"] == absent
+    assert (work / "deps" / "absent").read_text().split() == absent
+    assert all(f"{a}," in row["figure"] or f"{a}." in row["figure"] for a in absent)
+    installed = {canonical(n.split()[0]) for n in row["details"]["installed"]}
+    assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "pyyaml", "submitit"} <= installed
+    assert installed <= CARRIED and not installed & set(row["details"]["node_had"])
+    probe = "import hydra, omegaconf, yaml, packaging, submitit; print(yaml.__file__)"
+    where = subprocess.run([str(python), "-c", probe], env={**env, "PYTHONPATH": str(site)}, capture_output=True,
+                           text=True, timeout=120)
+    assert where.returncode == 0 and where.stdout.startswith(str(site)), where.stderr
+
+
+def test_the_gpu_checks_table_names_torch_when_no_preflight_ran(tmp_path):
+    """The header of the summary table reads torch's version from its metadata when the preflight recorded no
+    environment (it did not run, or it failed), instead of printing `torch None` and 'no CUDA device'."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "deps.json").write_text(json.dumps({"check": "deps", "status": "FAIL", "figure": "x", "details": {}}))
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check.summary", str(results), str(tmp_path / "o.json"),
+                           str(tmp_path / "phases"), "deps"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    header = next(line for line in done.stdout.splitlines() if line.startswith("## pekd GPU check"))
+    assert f"GPU not read (the preflight recorded no environment), torch {md.version('torch')}," in header

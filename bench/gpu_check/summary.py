@@ -7,12 +7,26 @@ row FAILs. The JSON holds the rows, the preflight's environment, the phases' wal
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import platform
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+
+def node(env: dict) -> str:
+    """The header's GPU and torch: the preflight's reading, else torch's installed version (read from its metadata,
+    so a broken torch cannot take the table with it) and the GPU as unread -- never 'no CUDA device' or None for
+    a node whose preflight did not run or failed."""
+    if env:
+        return f"{env.get('gpu', {}).get('name', 'no CUDA device')}, torch {env.get('torch')}"
+    try:
+        torch = md.version("torch")
+    except md.PackageNotFoundError:
+        torch = "not installed"
+    return f"GPU not read (the preflight recorded no environment), torch {torch}"
 
 
 def main() -> int:
@@ -38,8 +52,7 @@ def main() -> int:
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(summary, indent=1, default=str))
 
-    gpu = env.get("gpu", {}).get("name", "no CUDA device")
-    print(f"\n## pekd GPU check: {gpu}, torch {env.get('torch')}, {summary['date']}; phases "
+    print(f"\n## pekd GPU check: {node(env)}, {summary['date']}; phases "
           + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + f"; JSON: {out_json}\n")
     width = max(len(r["check"]) for r in rows)
     print(f"| {'check':<{width}} | {'status':<11} | figure |")
