@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pekd.data.batch import Batch
 from pekd.engine import checkpoint as ckpt
 from pekd.engine.checks import PendingChecks, check_due, weights_finite
 from pekd.engine.compatibility import MISFIT, check_fits, describe
 from pekd.engine.compilation import compile_training
-from pekd.engine.distributed import DistEnv
+from pekd.engine.distributed import DistEnv, data_parallel
 from pekd.engine.ema import StudentEMA
 from pekd.engine.evaluation import Inputs, evaluate
 from pekd.engine.export import export_student
@@ -81,10 +80,7 @@ class Trainer:
         if sync_bn:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.module = module  # the uncompiled, unwrapped module: what checkpoints save and load
-        # gradient_as_bucket_view: the gradients are views into DDP's all-reduce buckets, which saves one
-        # gradient-sized copy per step and the memory of a second copy of the gradients
-        self.ddp = DDP(module, device_ids=[self.device] if self.device.type == "cuda" else None,
-                       find_unused_parameters=False, gradient_as_bucket_view=True) if env.distributed else None
+        self.ddp = data_parallel(module, self.device) if env.distributed else None
         model: nn.Module = module if self.ddp is None else self.ddp
         if tc.compile:
             model = compile_training(model, teacher)
@@ -187,7 +183,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.tc.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # pairs with gradient_as_bucket_view: distributed.data_parallel
         self.progress.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         self.scheduler.step()
         if self.ema is not None:
