@@ -68,7 +68,7 @@ class Tally:
 
     The ETA is the phase's elapsed time per unit of work done times the work left, which counts the runs going on
     side by side; `work` weighs each run (its run directory) by what it still has to do -- its optimizer steps, or
-    0 for a run that an earlier invocation finished -- so that the study's budgets (that differ 50-fold) and the
+    0 for a run that an earlier invocation finished -- so that the study's budgets (500 to 27,000 images) and the
     finished runs a rerun reuses in a second do not make the ETA a guess by run count."""
 
     def __init__(self, work: dict[Path, float]) -> None:

@@ -228,7 +228,7 @@ def phase_students(args: argparse.Namespace, runs: list[list[str]]) -> bool:
     print(f"== {len(todo)} student runs to train/analyse, {args.processes} at a time (smallest budget first)",
           flush=True)
     todo.sort(key=subset_of)
-    # a run's work is its optimizer steps (the budgets differ 50-fold); one trained before is only analysed
+    # a run's work is its optimizer steps (the default budgets differ 54-fold); one trained before is only analysed
     tally = Tally({run_dir_of(r): 0.0 if completed(run_dir_of(r)) else steps(subset_of(r), args.epochs)
                    for r in todo})
     with SideBySide(args.processes, "the study (`python -m pekd.study` with the same options)") as pool:
