@@ -36,6 +36,7 @@ import csv
 import ctypes
 import importlib
 import json
+import logging
 import math
 import os
 import runpy
@@ -422,6 +423,7 @@ def tb_scalars(run_dir: Path) -> list[tuple[int, str]]:
 
     if not (run_dir / "tb").is_dir():
         return []
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # a notice per purge: what the model checks for
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     return [(e.step, tag) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]

@@ -173,6 +173,7 @@ def _tensorboard_at(folder: Path, step: int, evaluation_pending: bool) -> dict[s
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its notices of purged events are the point here
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)
