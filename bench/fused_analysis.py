@@ -25,9 +25,9 @@ def main() -> None:
     from pekd.data.sources import run_sources
     from pekd.engine import checkpoint as ckpt
     from pekd.engine.evaluation import Inputs, evaluate
-    from pekd.fused_analysis import FinalEvalAnalysis
     from pekd.methods import TrainModule, build_method
     from pekd.models import build_model, feature_dim
+    from pekd.science.fused_analysis import FinalEvalAnalysis
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)

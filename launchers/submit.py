@@ -189,7 +189,7 @@ def resumed_runs(run_dirs: list[Path]) -> list[PlannedRun]:
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[PlannedRun], Path, str]:
     """Compose and check every point; returns the runs, the directory to point TensorBoard at, the job name."""
-    from pekd.run_names import LEGACY_NAME, default_run_dir, prefer_existing, readable_name
+    from pekd.config.run_names import LEGACY_NAME, default_run_dir, prefer_existing, readable_name
     from pekd.train import compose_config
 
     if args.resume:
@@ -300,7 +300,7 @@ def run_here(executor: Any, runs: list[PlannedRun], args: argparse.Namespace, ar
     """--local: at most --parallel runs at a time on this machine, then the same report a cluster sweep ends in.
     A run that fails is reported (its results.json says why), not raised: the others still finish."""
     from pekd.cluster.launch import TrainJob
-    from pekd.report import main as report
+    from pekd.report.cli import main as report
 
     jobs: list[Any] = []
     for r in runs:

@@ -1,4 +1,12 @@
-"""pekd: distributed training jobs for projector-ensemble feature distillation (PEFD, NeurIPS 2022)."""
+"""pekd: distributed training jobs for projector-ensemble feature distillation (PEFD, NeurIPS 2022).
+
+The top level holds the commands and nothing else but errors.py (the one user-error type they all print): train,
+train_cli (`pekd train`'s command line, parsed before the heavy imports), precompute, write_dataset, evaluate,
+analyze, demo, study, and cli/__main__ (`pekd <command>`). Everything they are built from lives in a package named
+after its concern: models, methods, data, teacher and engine (a training run), config (schema, config folders,
+override checks), report (`pekd report`'s statistics and outputs), science (what analyze, demo and study share),
+cluster (SLURM: submit, launch, status). docs/architecture.md draws the map.
+"""
 
 import os as _os
 

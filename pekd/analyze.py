@@ -11,7 +11,7 @@ format, so with trainer.amp=off the test top-1 equals the run's own last evaluat
 also measures, per projector, the fraction of output units no test image activates, and the final alignment
 (mean 1 - cos between the ensemble's projection and the teacher's feature; for equal feature sizes the student's
 own feature's too, FD's alignment). A run trained with trainer.analyze=true wrote the same analysis.json from its
-final evaluation's forward pass (pekd.fused_analysis); this second pass is for the others.
+final evaluation's forward pass (pekd.science.fused_analysis); this second pass is for the others.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pekd.diagnostics import KEYS, Meters, Models, TeacherOutputs, observe, results
 from pekd.engine.rundir import read_run_config
 from pekd.errors import PekdError, user_errors_exit
+from pekd.science.diagnostics import KEYS, Meters, Models, TeacherOutputs, observe, results
 
 WEIGHTS = ("student.pt", "best.pt")
 __all__ = ["KEYS", "WEIGHTS", "analyze", "main", "teacher_cache"]

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "submit": (("pekd.launchers.submit:console", "launchers.submit:console"),
                "submit runs or sweeps to SLURM (or --local: this machine), one run directory each"),
     "status": (("pekd.cluster.status:main",), "where every run of a folder, sweep or study stands"),
-    "report": (("pekd.report:main",), "mean and 95% CI per configuration, paired comparisons, verdicts"),
+    "report": (("pekd.report.cli:main",), "mean and 95% CI per configuration, paired comparisons, verdicts"),
     "analyze": (("pekd.analyze:main",), "what distillation did to a run: CKA, calibration, projector diagnostics"),
     "evaluate": (("pekd.evaluate:main",), "top-1/top-5 of a run's exported student"),
     "precompute": (("pekd.precompute:main",), "write a teacher feature bank (teacher.mode=bank)"),

@@ -16,7 +16,7 @@ bank does not store: it runs the teacher online on the bank's views. Every run i
 composed from the same Hydra configs as `python -m pekd.train`, so rerunning the demo reuses finished runs and
 resumes unfinished ones. The console gets one line per finished student run with the phase's progress and ETA
 (`[12/35] fd/seed3: top-1 77.81% (41 s); phase eta 4m10s`); each run's per-step lines are in its
-logs/rank0.log (pekd.side_by_side).
+logs/rank0.log (pekd.science.side_by_side).
 
 The sizes were chosen from a pilot on another data split and other seeds (`--split-seed 1 --first-seed 100`,
 docs/, "The demo"), for the time budget alone; the verdicts are reported whatever they are. Seven seeds are what
@@ -44,7 +44,7 @@ from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import user_errors_exit
-from pekd.side_by_side import SideBySide, Tally
+from pekd.science.side_by_side import SideBySide, Tally
 from pekd.study import run_dir_of
 
 METHODS = [  # (run folder, row name in the report, overrides): the student runs of every seed
@@ -141,7 +141,7 @@ def print_claims(report_json: Path) -> None:
     """Each claim in one line: the paired difference, its CI, the p-values and the verdict, from report.json."""
     import json
 
-    from pekd.stats import fmt_p
+    from pekd.report.stats import fmt_p
 
     comparisons = {f"{c['a']}>{c['b']}": c for c in json.loads(report_json.read_text())["comparisons"]}
     print()
@@ -166,7 +166,7 @@ def print_budget(args: argparse.Namespace, run_dir: str) -> None:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    from pekd.report import main as report
+    from pekd.report.cli import main as report
     from pekd.teacher.precompute import precompute
     from pekd.train import compose_config
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
-from pekd.side_by_side import SideBySide, Tally
+from pekd.science.side_by_side import SideBySide, Tally
 
 # (run folder, row name in the report, overrides) of every student method the study can train
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -252,7 +252,7 @@ def report_options(methods: list[str]) -> list[str]:
 def write_report_options(runs: Path, methods: list[str]) -> None:
     """The report options beside the runs (pekd.report's OPTIONS_FILE), so a plain `python -m pekd.report RUNS`
     makes the study's report -- its claims and its test, not every pair of rows at the default test."""
-    from pekd.report import OPTIONS_FILE
+    from pekd.report.cli import OPTIONS_FILE
 
     runs.mkdir(parents=True, exist_ok=True)
     note = "the claims and test pekd.study fixed for its report before any result"
@@ -260,7 +260,7 @@ def write_report_options(runs: Path, methods: list[str]) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    from pekd.report import main as report_main
+    from pekd.report.cli import main as report_main
 
     write_report_options(args.out, args.methods)
     report_main([str(args.out), *report_options(args.methods)])
@@ -274,7 +274,7 @@ def export(args: argparse.Namespace, runs: list[list[str]], dest: Path) -> None:
     """Copy the report's inputs of the teacher and every completed student run to dest/runs (a few KB a run, for
     committing), the study's options to dest/study.json and its report options beside the runs, and report from the
     copy into dest: `pekd.report dest/runs --out dest` then reproduces it (tests/test_study_committed.py)."""
-    from pekd.report import main as report_main
+    from pekd.report.cli import main as report_main
 
     dirs = [args.out / "teacher", *(run_dir_of(r) for r in runs)]
     copied = 0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.config import register, validate
-from pekd.config_dirs import CONFIG_DIR, CONFIG_DIR_ENV, CONFIG_PATH_ENV, searchpath_override
+from pekd.config.dirs import CONFIG_DIR, CONFIG_DIR_ENV, CONFIG_PATH_ENV, searchpath_override
 from pekd.errors import PekdError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `--help` answers before the heavy imports
@@ -34,7 +34,7 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None, c
     from omegaconf.errors import OmegaConfBaseException
 
     from pekd.config import Config
-    from pekd.overrides import check_model_names, check_override, check_schema_keys
+    from pekd.config.overrides import check_model_names, check_override, check_schema_keys
 
     register()
     folder = Path(config_dir or CONFIG_DIR).resolve()
@@ -70,7 +70,7 @@ def compose_config(overrides: list[str], config_dir: str | Path | None = None, c
         check_model_names(cfg)
     validate(cfg)
     if not cfg.run_dir:
-        from pekd.run_names import default_run_dir
+        from pekd.config.run_names import default_run_dir
 
         OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
     return cfg
@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if env.world > 1:
                 raise PekdError("trainer.analyze=true needs one process (under DDP each rank evaluates its own "
                                 "shard); train with trainer.analyze=false and run `python -m pekd.analyze RUN_DIR`")
-            from pekd.fused_analysis import FinalEvalAnalysis
+            from pekd.science.fused_analysis import FinalEvalAnalysis
 
             trainer.final_eval = FinalEvalAnalysis(cfg, run_dir, trainer.module, train_src, val_src, env.device,
                                                    trainer.memory_format)

@@ -5,7 +5,7 @@ Hydra's `--cfg job|all|hydra` prints a composed config; pekd composes with Hydra
 (hydra.*) config, so `job` and `all` print the same, resolved (`${oc.env:...}` as this shell gives it, which is
 what the run will use), and `hydra` is refused with the reason. Hydra's other flags pick config folders and files,
 which pekd does with PEKD_CONFIG_DIR, PEKD_CONFIG_PATH and experiment=NAME: each is refused naming those.
-Everything that is not a flag is a Hydra override, checked before composition (pekd.overrides).
+Everything that is not a flag is a Hydra override, checked before composition (pekd.config.overrides).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from pekd.config.overrides import SWEEP_HINT
 from pekd.errors import PekdError, user_errors_exit
-from pekd.overrides import SWEEP_HINT
 
 CFG_MODES = ("job", "all")
 _FOLDERS = ("pekd's config folder is set by PEKD_CONFIG_DIR (a replacement for all of pekd's configs) and folders "
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train one run; a preempted run exits with status 3 after checkpointing (the same command resumes it)."""
     command = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     if command.help:
-        from pekd.config_dirs import config_dir, user_config_dirs
-        from pekd.train_help import help_text
+        from pekd.config.dirs import config_dir, user_config_dirs
+        from pekd.config.help import help_text
 
         print(help_text([config_dir(), *user_config_dirs()]))
         return

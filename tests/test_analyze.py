@@ -165,8 +165,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs: dict[str, Any], tm
 def test_dead_units_and_alignment_of_hand_built_projectors() -> None:
     """Projector weights that make known units dead: unit j of a projector is dead when no input gives it a
     positive pre-activation; alignment is mean(1 - cos) of the ensemble's average with the teacher's feature."""
-    from pekd.diagnostics import Meters, Models, observe
     from pekd.methods.projector import LinearReluEnsemble
+    from pekd.science.diagnostics import Meters, Models, observe
 
     ens = LinearReluEnsemble(2, 3, 2)  # two projectors of 3 units from a 2-d feature
     w0 = torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 1.0]])  # unit 1 dead on non-negative inputs

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import pekd
-from pekd.config_dirs import CONFIG_PATH_ENV
+from pekd.config.dirs import CONFIG_PATH_ENV
 from pekd.errors import PekdError
 from pekd.train import compose_config
 from pekd.train import main as train_main
@@ -93,9 +93,9 @@ def test_a_wheel_install_trains_from_another_folder_with_a_user_experiment(wheel
     work.mkdir()
     env = env_for(0, 1, 0) | {"PYTHONPATH": str(site), CONFIG_PATH_ENV: str(mine)}
     env.pop("PEKD_CONFIG_DIR", None)
-    where = subprocess.run([sys.executable, "-c", "import pekd.config_dirs as c; print(c.__file__, c.config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import pekd.config.dirs as c; print(c.__file__, c.config_dir())"],
                            env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
-    assert where == [str(site / "pekd" / "config_dirs.py"), str(site / "pekd" / "configs")]
+    assert where == [str(site / "pekd" / "config" / "dirs.py"), str(site / "pekd" / "configs")]
     p = subprocess.run([str(site / "bin" / "pekd-train"), "experiment=my_digits", *TINY, "run_dir=run"], env=env,
                        cwd=work, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

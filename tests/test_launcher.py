@@ -74,7 +74,7 @@ def test_time_limit_shorter_than_run_requeues_until_done(
 def test_sweep_is_one_job_array_and_report_summarises_it(
     slurm_env: LocalCluster, tmp_path: Path, tiny: list[str]  # noqa: F811
 ) -> None:
-    from pekd.report import main as report
+    from pekd.report.cli import main as report
 
     jobs = submit.main([*cpu_args(slurm_env, tmp_path, nodes=1), "--job-name", "sweep", "-m", *tiny,
                         "trainer.epochs=1", "method.beta=5,25", "method.q=1,3"])

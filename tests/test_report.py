@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from pekd import stats
-from pekd.report import main as report
+from pekd.report import stats
+from pekd.report.cli import main as report
 from pekd.train import compose_config
 
 BASE = ("data=digits", "model.name=resnet8", "teacher.name=resnet8", "name=toy", "paper_top1=75.5")

@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
-from pekd.report import main as report
-from pekd.report_along import is_log
-from pekd.stats import holm
+from pekd.report.along import is_log
+from pekd.report.cli import main as report
+from pekd.report.stats import holm
 from pekd.train import compose_config
 
 EVAL_SET = {"source": "digits", "split": "test", "n": 360, "hash": "ab12"}
@@ -147,9 +147,9 @@ def test_log_axis_where_the_values_span_a_decade() -> None:
 
 
 def test_plot_keeps_the_teacher_off_the_students_axis_and_one_panel_for_one_evaluation(tmp_path: Path) -> None:
-    from pekd.report import find_runs
-    from pekd.report_along import points
-    from pekd.report_plot import _one_evaluation, axis_range
+    from pekd.report.along import points
+    from pekd.report.cli import find_runs
+    from pekd.report.plot import _one_evaluation, axis_range
 
     _study(tmp_path)
     teacher = tmp_path / "teacher"

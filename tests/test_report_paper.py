@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pekd.engine.rundir import flatten
-from pekd.report import main as report
-from pekd.report_paper import published
+from pekd.report.cli import main as report
+from pekd.report.paper import published
 from pekd.train import compose_config
 
 EVAL_SET = {"source": "cifar100", "split": "test", "n": 10000, "hash": "ab12"}

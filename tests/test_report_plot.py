@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pekd.report_plot import _axis  # noqa: E402
+from pekd.report.plot import _axis  # noqa: E402
 
 
 def test_along_axis_ticks_are_the_values_and_the_label_says_what_they_count() -> None:

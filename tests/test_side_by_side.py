@@ -1,4 +1,4 @@
-"""pekd.side_by_side: a stop signal to the driver of many runs stops them together -- the runs in flight finish
+"""pekd.science.side_by_side: a stop signal to the driver of many runs stops them together -- the runs in flight finish
 their step, queued runs never start, the workers exit, and the driver raises Stopped (exit status 3)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pekd import side_by_side
-from pekd.side_by_side import STOPPED, SideBySide, Stopped
+from pekd.science import side_by_side
+from pekd.science.side_by_side import STOPPED, SideBySide, Stopped
 
 
 def slow_job(marker: str) -> str:

@@ -1,5 +1,5 @@
-"""pekd.stats against scipy and hand computations: the intervals, tests and corrections the report's verdicts rest
-on must be the textbook ones, not look-alikes."""
+"""pekd.report.stats against scipy and hand computations: the intervals, tests and corrections the report's verdicts
+rest on must be the textbook ones, not look-alikes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pekd import stats
+from pekd.report import stats
 
 
 def test_summary_matches_scipy_t_interval() -> None:

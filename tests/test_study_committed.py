@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pekd.report import OPTIONS_FILE
-from pekd.report import main as report_main
+from pekd.report.cli import OPTIONS_FILE
+from pekd.report.cli import main as report_main
 from pekd.study import report_options
 from tests.train_helpers import REPO
 

@@ -70,7 +70,7 @@ def run_problems(cfg: DictConfig) -> list[str]:
 def inputs_problems(cfgs: list[Any], pending_teacher_ok: bool = False) -> tuple[list[str], list[str]]:
     """Problems of all runs (each message once) and notes: with a job dependency (pending_teacher_ok), a teacher
     file that the awaited job is to write is a note, not an error."""
-    from pekd.overrides import check_model_names
+    from pekd.config.overrides import check_model_names
 
     problems: list[str] = []
     notes: list[str] = []

@@ -76,7 +76,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], inputs: Inputs,
     """Top-1/top-5 in percent over every rank's unpadded shard (counts are summed, so the result is exact), or
     None when a stop was requested on any rank. Shards may differ by a batch: a rank whose shard is done keeps
     joining the agreements until every rank's is. `observe(input, batch, features, logits)` sees every batch
-    (trainer.analyze: pekd.fused_analysis takes its diagnostics from this pass)."""
+    (trainer.analyze: pekd.science.fused_analysis takes its diagnostics from this pass)."""
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         own = buffer_checksum(model)

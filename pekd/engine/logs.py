@@ -5,7 +5,7 @@ A log file that can no longer be written (a full disk, a read-only remount) is g
 everything: otherwise the one `error:` line about the full disk would itself fail to print, with a traceback, and
 logging would add a "--- Logging error ---" page for every record.
 
-A driver of many runs (pekd.demo, pekd.study, through pekd.side_by_side) sets PEKD_CONSOLE_LEVEL=WARNING in its
+A driver of many runs (pekd.demo, pekd.study, through pekd.science.side_by_side) sets PEKD_CONSOLE_LEVEL=WARNING in its
 workers: their runs' per-step lines then stay in their own log files, where they are complete, instead of
 interleaving on the driver's console; warnings and errors still reach it.
 """

@@ -97,7 +97,7 @@ class Trainer:
         self.progress = Progress(lr=self.optimizer.param_groups[0]["lr"])
         self.metrics: Metrics | None = None
         self.ckpt_dir = run_dir / "checkpoints"
-        self.final_eval: Any = None  # trainer.analyze: pekd.fused_analysis.FinalEvalAnalysis, set by pekd.train
+        self.final_eval: Any = None  # trainer.analyze: pekd.science.fused_analysis.FinalEvalAnalysis, set by pekd.train
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 Each section sits next to the code that reads it in spirit: `data` feeds pekd.data, `method` pekd.methods,
 `trainer` pekd.engine. `validate()` checks the values no type system can (names, ranges, combinations) and raises
 one PekdError naming the key and the fix.
+
+The package is everything between a command line and a composed config: where the config folders are (dirs.py),
+what an override may ask before composition (overrides.py), `pekd train --help` read from the folders (help.py)
+and the run directory a config names (run_names.py). Those are imported before any run starts -- `pekd train
+--help` among them -- so this module imports nothing beyond the standard library: Hydra's ConfigStore (a quarter
+of a second, omegaconf included) is imported by register(), which only composition calls.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
 from pekd.errors import PekdError
+
+# OmegaConf's marker of a mandatory value: omegaconf.MISSING is this string, and OmegaConf.structured reads a default
+# equal to it as "must be set". Spelled out so that importing the schema does not import omegaconf.
+MISSING = "???"
 
 
 @dataclass
@@ -168,6 +175,8 @@ class Config:
 
 def register() -> None:
     """Register the schema under 'pekd_schema' (configs/config.yaml lists it first in its defaults)."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="pekd_schema", node=Config)
 

@@ -4,7 +4,7 @@ report.csv is long-format -- one number per line, `pandas.read_csv` ready: secti
 mechanism), one column per --along key, label (the row, or "A > B"), seed (for per-seed lines), metric,
 statistic (n, mean, std, ci_low, ci_high, value, mean_diff, diff, p_ttest, p_perm, p_holm, mde, p_tost, p_tost_holm,
 verdict), value, and note (the verdict's sentence; empty otherwise). mde is the detectable effect in points and
-p_tost the equivalence test's p at the margin (pekd.stats.decide). Filter it rather than parse report.md.
+p_tost the equivalence test's p at the margin (pekd.report.stats.decide). Filter it rather than parse report.md.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pekd import stats
-from pekd.report_along import MECHANISM, Point
-from pekd.report_runs import METRICS, NOT_EXPERIMENT, Run
+from pekd.report import stats
+from pekd.report.along import MECHANISM, Point
+from pekd.report.runs import METRICS, NOT_EXPERIMENT, Run
 
 TESTS_TEXT = {"t": "paired t-test (scipy.stats.ttest_rel)",
               "perm": "two-sided sign-flip permutation test (exact up to 16 seeds)"}

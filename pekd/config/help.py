@@ -24,7 +24,7 @@ options:
   -h, --help        this text
   --cfg job|all     print the composed, resolved config and exit (pekd has no separate Hydra runtime config, so
                     `all` prints the same); -c is short for --cfg
-  key=value         set a key of the schema (pekd/config.py); every key already exists, so `+key=...` is an
+  key=value         set a key of the schema (pekd/config/__init__.py); every key already exists, so `+key=...` is an
                     error, and hydra.* overrides are refused (the run directory is run_dir=...)
   GROUP=OPTION      pick a config group's option (below), e.g. model=resnet110 teacher=wrn_40_2
 Hydra's flags:      --config-dir / --config-name are PEKD_CONFIG_DIR, PEKD_CONFIG_PATH (below) and experiment=NAME;

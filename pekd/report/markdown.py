@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pekd import stats
-from pekd.report_along import MECHANISM, Point
-from pekd.report_runs import METRICS, VERDICT_METRIC, Run
+from pekd.report import stats
+from pekd.report.along import MECHANISM, Point
+from pekd.report.runs import METRICS, VERDICT_METRIC, Run
 
 NEWER = ("projector_dead_fraction", "projector_cos_distance", "student_cos_distance")
 

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pekd.report_paper import method_defaults
-from pekd.report_runs import NOT_EXPERIMENT, Row, Run, family_free
+from pekd.report.paper import method_defaults
+from pekd.report.runs import NOT_EXPERIMENT, Row, Run, family_free
 
 
 def group_rows(runs: list[Run]) -> list[Row]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pekd.config_dirs import CONFIG_DIR, user_config_dirs
+from pekd.config.dirs import CONFIG_DIR, user_config_dirs
 
 
 @cache

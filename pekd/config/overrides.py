@@ -50,7 +50,8 @@ def unknown_key(key: str, text: str) -> PekdError:
     near = difflib.get_close_matches(key, [*known_keys(), *config_groups()], n=1, cutoff=0.6)
     hint = f"did you mean {near[0]}?" if near else KEYS_HINT
     plus = "; no '+' adds one" if text.startswith("+") else ""
-    return PekdError(f"{key} is not a pekd config key ({hint}); every key is declared in pekd/config.py{plus}")
+    return PekdError(f"{key} is not a pekd config key ({hint}); every key is declared in "
+                     f"pekd/config/__init__.py{plus}")
 
 
 def check_group_option(text: str, group: str, value: Any, groups: dict[str, list[str]]) -> None:
@@ -71,7 +72,7 @@ def check_group_option(text: str, group: str, value: Any, groups: dict[str, list
 def config_groups() -> dict[str, list[str]]:
     """Every config group (a folder of .yaml files) of pekd's configs and the user's folders, with its options.
     Read afresh on every call (a user may add an experiment between two compositions), with os.walk: a few ms."""
-    from pekd.config_dirs import config_dir, user_config_dirs
+    from pekd.config.dirs import config_dir, user_config_dirs
 
     groups: dict[str, set[str]] = {}
     for folder in (config_dir(), *user_config_dirs()):
@@ -117,8 +118,8 @@ def check_schema_keys(cfg: DictConfig, schema: type) -> None:
         key = extra[0]
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]}?" if near else KEYS_HINT
-        raise PekdError(f"{key} is not a pekd config key ({hint}); every key is declared in pekd/config.py, so "
-                        "correct it in the config file that sets it")
+        raise PekdError(f"{key} is not a pekd config key ({hint}); every key is declared in "
+                        "pekd/config/__init__.py, so correct it in the config file that sets it")
 
 
 def check_model_names(cfg: DictConfig) -> None:

@@ -5,9 +5,9 @@ for scripts), report.png.
 Runs whose configs differ only in the training seed form a row: mean and 95% CI of best and last top-1 over the
 seeds that completed. Rows that share data, student, teacher and recipe (they differ only in the method or in
 how the teacher's signal is delivered), and a teacherless CE baseline of the same student and recipe, are
-compared paired by seed (pekd.stats). Rows are labelled by what varies among the rows they are compared with
-(pekd.report_labels). --along KEY makes every value of KEY a report of its own and shows each claim as a curve
-along it (pekd.report_along). Runs that are incomplete, failed, or never started (listed in a launch record of
+compared paired by seed (pekd.report.stats). Rows are labelled by what varies among the rows they are compared with
+(pekd.report.labels). --along KEY makes every value of KEY a report of its own and shows each claim as a curve
+along it (pekd.report.along). Runs that are incomplete, failed, or never started (listed in a launch record of
 launchers/submit.py but without a trace on disk) are flagged, never averaged in.
 """
 
@@ -18,18 +18,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pekd import stats
 from pekd.engine.files import atomic_write_bytes, json_safe, write_error
 from pekd.engine.rundir import flatten, read_run_config
 from pekd.errors import PekdError, user_errors_exit
-from pekd.report_along import points
-from pekd.report_csv import report_csv, report_json
-from pekd.report_labels import group_rows
-from pekd.report_markdown import markdown
-from pekd.report_plot import plot, plot_along
-from pekd.report_runs import Run
+from pekd.report import stats
+from pekd.report.along import points
+from pekd.report.csv_json import report_csv, report_json
+from pekd.report.markdown import markdown
+from pekd.report.plot import plot, plot_along
+from pekd.report.runs import Run
 
-__all__ = ["OPTIONS_FILE", "find_runs", "group_rows", "main"]
 # A sweep's own report options, fixed when it was planned (pekd.study writes it): used when none are typed.
 OPTIONS_FILE = "report-options.json"
 
@@ -142,6 +140,3 @@ def _read_options(path: Path) -> list[str]:
         raise PekdError(f"{str(path)!r} has no list of option strings under \"options\"; fix or move the file, or "
                         "give the options on the command line")
     return options
-
-if __name__ == "__main__":
-    main()

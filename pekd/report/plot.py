@@ -17,9 +17,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from pekd import stats
-from pekd.report_along import MECHANISM, Point, fmt_along, is_log
-from pekd.report_runs import METRICS, VERDICT_METRIC, Row
+from pekd.report import stats
+from pekd.report.along import MECHANISM, Point, fmt_along, is_log
+from pekd.report.runs import METRICS, VERDICT_METRIC, Row
 
 PANEL_INCHES, GAP_INCHES = 4.0, 0.4  # one panel of the plot without --along, and the space between two
 # names of --along keys on the plots' x axes (the key itself follows in parentheses); other keys show as they are

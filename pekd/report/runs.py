@@ -1,6 +1,6 @@
 """What a sweep is made of, for pekd.report: runs (one training seed each) form rows (one experiment over seeds)
 and families (rows that may be compared by seed); a paired comparison of two rows by training seed, the claims to
-compare, and the mechanism diagnostics of a row. The numbers themselves come from pekd.stats.
+compare, and the mechanism diagnostics of a row. The numbers themselves come from pekd.report.stats.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from pekd.engine.rundir import RESUMABLE_CHANGES
 from pekd.errors import PekdError
-from pekd.report_paper import published
-from pekd.stats import paired, summary
+from pekd.report.paper import published
+from pekd.report.stats import paired, summary
 
 METRICS = ("best_top1", "last_top1")  # results.json fields, percent
 VERDICT_METRIC = "best_top1"  # the figure papers report, and the headline of every table of the report
@@ -60,7 +60,7 @@ class Row:
         return [v for r in self.completed() if (v := r.value(name)) is not None]
 
     def paper(self) -> float | None:
-        """The top-1 published for this row's recipe and method (pekd.report_paper), None where none is recorded."""
+        """The top-1 published for this row's recipe and method (pekd.report.paper), None where none is recorded."""
         return published(self.runs[0].config)
 
     def family(self, teacher: bool = True) -> tuple[tuple[str, str], ...]:

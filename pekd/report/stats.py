@@ -1,7 +1,7 @@
 """The statistics pekd.report states its verdicts with: a mean's confidence interval over seeds, a paired comparison
 by training seed, Holm's correction across the comparisons a report shows, the size of effect a comparison could
 have detected, an equivalence test, and the verdict sentence. What the numbers are made of (runs, rows, families)
-is pekd.report_runs.
+is pekd.report.runs.
 
 Seeds are few (3-10), so intervals use Student's t, and the default verdict's test is an exact sign-flip
 permutation test of the paired differences: it assumes only that, under "no difference", a seed's A - B is as

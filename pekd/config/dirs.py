@@ -16,7 +16,7 @@ from pekd.errors import PekdError
 
 CONFIG_DIR_ENV = "PEKD_CONFIG_DIR"
 CONFIG_PATH_ENV = "PEKD_CONFIG_PATH"
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # pekd/ (this file is pekd/config/dirs.py)
 
 
 def config_dir() -> Path:

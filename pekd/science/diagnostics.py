@@ -1,5 +1,5 @@
 """The mechanism diagnostics of one pass over a set, fed batch by batch: by pekd.analyze's own pass over a run's
-sets, or by the trainer's final evaluation (trainer.analyze=true, pekd.fused_analysis), which has just computed
+sets, or by the trainer's final evaluation (trainer.analyze=true, pekd.science.fused_analysis), which has just computed
 the student's outputs on the test set and would otherwise compute them again.
 
 Either way each batch arrives as the model input, its labels and sample indices, and the student's (features,

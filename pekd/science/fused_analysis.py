@@ -4,9 +4,9 @@ The final evaluation runs the student over the whole test set; pekd.analyze woul
 With this on, the trainer hands every batch of its final evaluation (model input, labels, indices, the student's
 features and logits) to FinalEvalAnalysis, which adds the teacher's outputs (one forward per set and process,
 kept in host memory and shared by the runs a process trains), the projector ensemble's outputs (the run's own,
-live projectors), and updates the same accumulators pekd.analyze uses (pekd.diagnostics). When the run completes,
-one pass over the training set with the evaluation transform gives the train top-1 (the gap's other half) and
-analysis.json is written: the object pekd.analyze writes for student.pt, with test_pass "final evaluation".
+live projectors), and updates the same accumulators pekd.analyze uses (pekd.science.diagnostics). When the run
+completes, one pass over the training set with the evaluation transform gives the train top-1 (the gap's other
+half) and analysis.json is written: the object pekd.analyze writes for student.pt, with test_pass "final evaluation".
 With trainer.amp=off the two are equal (tested); with autocast the diagnostics read the evaluation's autocast
 outputs, as the run's own top-1 does.
 
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from pekd.data.batch import Batch
-from pekd.diagnostics import Meters, Models, observe, results
 from pekd.methods.base import TrainModule
+from pekd.science.diagnostics import Meters, Models, observe, results
 
 log = logging.getLogger("pekd")
 

@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pekd import stats
 from pekd.errors import PekdError
-from pekd.report_labels import group_rows, natural
-from pekd.report_runs import NOT_EXPERIMENT, Row, Run, claims, compare, mechanism
+from pekd.report import stats
+from pekd.report.labels import group_rows, natural
+from pekd.report.runs import NOT_EXPERIMENT, Row, Run, claims, compare, mechanism
 
 # analysis.json keys of the mechanism tables and plots (pekd.analyze / trainer.analyze): column head, decimals
 MECHANISM = {"train_test_gap": ("train − test gap (points)", 2), "student_cka": ("student CKA", 3),
@@ -53,7 +53,7 @@ def _sort_key(values: tuple[Any, ...]) -> list[Any]:
 def points(runs: list[Run], keys: list[str], specs: list[str] | None, test: str,
            margin: float = stats.MARGIN) -> list[Point]:
     """The report at every value of keys, in increasing order; Holm across all their comparisons, each with its
-    detectable effect and an equivalence test at ±margin points (pekd.stats.decide)."""
+    detectable effect and an equivalence test at ±margin points (pekd.report.stats.decide)."""
     with_config = [r for r in runs if r.config]
     for key in keys:
         if not any(key in r.config for r in with_config):
