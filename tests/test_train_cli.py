@@ -37,8 +37,9 @@ def main(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytes
 
 
 def test_help_lists_experiments_groups_models_and_env_without_importing_torch() -> None:
-    probe = ("import runpy, sys; sys.argv = ['pekd', 'train', '--help']; runpy.run_module('pekd', "
-             "run_name='__main__'); print('TORCH_IMPORTED' if 'torch' in sys.modules else 'TORCH_NOT_IMPORTED')")
+    probe = ("import runpy, sys\nsys.argv = ['pekd', 'train', '--help']\ntry:\n"
+             "    runpy.run_module('pekd', run_name='__main__')\nfinally:\n"
+             "    print('TORCH_IMPORTED' if 'torch' in sys.modules else 'TORCH_NOT_IMPORTED')")  # pekd exits
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip().endswith("TORCH_NOT_IMPORTED")
