@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pekd.cluster.run_files import STEP_LINE
-from pekd.engine.metrics import Metrics, TrainStats, duration_text, steps_left
-from pekd.engine.progress import Progress
+from pekd.engine.metrics import Metrics, TrainStats, steps_left
+from pekd.engine.progress import Progress, duration_text
 from tests.train_helpers import REPO, TINY, env_for
 
 

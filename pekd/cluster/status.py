@@ -21,6 +21,7 @@ from pekd.cluster.resubmit import resubmit_commands
 from pekd.cluster.run_files import RunFiles, read_run_files
 from pekd.cluster.run_state import STATES, RunState, run_state
 from pekd.cluster.sweep import Launch, launches, run_dirs_on_disk
+from pekd.engine.progress import duration_text
 from pekd.errors import PekdError
 
 FILES_ONLY = "states from the run directories and launch records only"
@@ -63,11 +64,6 @@ def collect(root: Path) -> tuple[list[RunState], dict[Path, Launch], list[str]]:
     return states, launched, notes
 
 
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -79,7 +75,7 @@ def table(root: Path, states: list[RunState]) -> str:
         name = str(s.run_dir.relative_to(root)) if s.run_dir != root else s.run_dir.name
         step = "-" if s.step is None else f"{s.step}/{s.total if s.total else '?'}"
         rows.append((name, s.label, step, _number(s.last_top1, ".2f"), _number(s.best_top1, ".2f"),
-                     _number(s.images_per_s, ".0f"), "-" if s.eta_s is None else _duration(s.eta_s), s.job or "-",
+                     _number(s.images_per_s, ".0f"), "-" if s.eta_s is None else duration_text(s.eta_s), s.job or "-",
                      s.lease or "-"))
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(HEADER, widths, strict=True)).rstrip()]

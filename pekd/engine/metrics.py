@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pekd.engine.distributed import all_reduce_sum
 from pekd.engine.files import write_error
 from pekd.engine.metrics_csv import MetricsCSV
-from pekd.engine.progress import Progress
+from pekd.engine.progress import Progress, duration_text
 from pekd.engine.tracker import WandbTracker
 
 log = logging.getLogger("pekd")
@@ -85,12 +85,6 @@ def steps_left(p: Progress, steps_per_epoch: int, epochs: int, max_steps: int) -
     when that comes first."""
     left = (epochs - p.epoch) * steps_per_epoch - p.step_in_epoch
     return max(min(left, max_steps - p.global_step) if max_steps else left, 0)
-
-
-def duration_text(seconds: float) -> str:
-    """A duration as compact as the ETA column of `pekd status`: 45s, 12m03s, 2h05m."""
-    s = round(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Metrics:

@@ -17,3 +17,10 @@ class Progress:
     # the last finished epoch's history record while its evaluation is still to run (it runs after the checkpoint)
     pending_eval: dict[str, float] | None = None
     lr: float = 0.0  # the lr of the last optimizer step (the schedule steps right after it): logged and recorded
+    seconds: float = 0.0  # wall time of training and evaluation up to here, over every start: the run's "time"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as compact as the ETA column of `pekd status`: 45s, 12m03s, 2h05m."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pekd.engine.lease import Lease
-from pekd.engine.progress import Progress
+from pekd.engine.progress import Progress, duration_text
 from pekd.engine.rundir import write_json
 
 
@@ -67,4 +67,8 @@ def summary_line(r: dict[str, Any], tc: Any, run_dir: Path) -> str:
         head = f"stopped at trainer.max_steps={tc.max_steps} (global step {r['global_step']})"
     best, last = r["best_top1"], r["last_top1"]
     accuracy = "no evaluation yet" if best != best else f"best top-1 {best:.2f}%, last top-1 {last:.2f}%"
-    return f"{head}: {accuracy}; {run_dir / 'results.json'}"
+    seconds = r["seconds"]
+    rate = r["global_step"] * r["global_batch"] / seconds if seconds > 0 else 0.0
+    return (f"{head}: {accuracy}; {duration_text(seconds)} of training and evaluation, {rate:.0f} images/s; "
+            f"{run_dir / 'results.json'}")
+

@@ -23,6 +23,7 @@ and records the result as an uninterrupted run would have.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         self.ema = StudentEMA(module.student, tc.ema_decay) if tc.ema_decay > 0 else None
         self.progress = Progress(lr=self.optimizer.param_groups[0]["lr"])
+        self._clock = time.perf_counter()  # the start of this process's share of Progress.seconds
         self.metrics: Metrics | None = None
         self.ckpt_dir = run_dir / "checkpoints"
         self.final_eval: Any = None  # trainer.analyze: pekd.science.fused_analysis.FinalEvalAnalysis, set by pekd.train
@@ -106,10 +108,16 @@ class Trainer:
                  "scheduler": scheduler_state(self.scheduler), "scaler": self.scaler.state_dict(),
                  "epoch": p.epoch, "step_in_epoch": p.step_in_epoch, "global_step": p.global_step,
                  "best_top1": p.best_top1, "history": p.history, "pending_eval": p.pending_eval, "lr": p.lr,
-                 "global_batch": self.plan.global_batch, "seed": self.cfg.seed, "amp": NAMES[self.dtype]}
+                 "global_batch": self.plan.global_batch, "seed": self.cfg.seed, "amp": NAMES[self.dtype],
+                 "seconds": self.elapsed()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
+
+    def elapsed(self) -> float:
+        """Wall seconds the run has spent training and evaluating, this start's included (none of a checkpoint's
+        computation depends on it)."""
+        return self.progress.seconds + time.perf_counter() - self._clock
 
     def load_state_dict(self, s: dict[str, Any], path: Path | None = None) -> None:
         check_fits(s, self.module, self.cfg, self.plan.global_batch, path)
@@ -129,7 +137,9 @@ class Trainer:
             self.ema.load_state_dict(s["ema"])
         # .get: checkpoints of earlier pekd versions have no such keys (their evaluations ran before them)
         self.progress = Progress(s["epoch"], s["step_in_epoch"], s["global_step"], s["best_top1"],
-                                 list(s["history"]), s.get("pending_eval"), s.get("lr", current_lr))
+                                 list(s["history"]), s.get("pending_eval"), s.get("lr", current_lr),
+                                 s.get("seconds", 0.0))
+        self._clock = time.perf_counter()
 
     def resume(self, state: dict[str, Any], path: Path) -> None:
         self.load_state_dict(state, path)
@@ -210,6 +220,7 @@ class Trainer:
         return "stopped" if tc.max_steps and p.global_step >= tc.max_steps else None
 
     def fit(self) -> dict[str, Any]:
+        self._clock = time.perf_counter()  # set-up before fit is not the run's time
         env, p = self.env, self.progress
         lease = self.lease
         steps = self.train_loader.steps_per_epoch
@@ -372,7 +383,8 @@ class Trainer:
 
     def results(self, status: str) -> dict[str, Any]:
         return {**run_results(self.cfg, self.progress, status, self.env.world, self.data_sets),
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch, "seconds": round(self.elapsed(), 1),
+                "global_batch": self.plan.global_batch}
 
     def _write_results(self, status: str, error: str | None = None) -> None:
         if self.env.is_main:

@@ -79,7 +79,7 @@ class Tally:
 
     def line(self, run_dir: str | Path, text: str) -> str:
         """The line of the run in run_dir, which has just finished; `text` says what it gave."""
-        from pekd.engine.metrics import duration_text
+        from pekd.engine.progress import duration_text
 
         self.done += 1
         self.left -= self.work.get(Path(run_dir).resolve(), 0.0)
