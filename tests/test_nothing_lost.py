@@ -145,7 +145,10 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback_and_loses_nothing(ref
 def test_ctrl_c_outside_training_is_one_line_and_exit_130() -> None:
     """Any entry point (here: a report over a folder that takes long to walk is simulated by a sleep inside
     user_errors_exit): Ctrl-C is the user's choice, not a bug to show a traceback for."""
-    code = ("import time\nfrom pekd.errors import user_errors_exit\n"
+    # a terminal's Ctrl-C: Python's own handler (a test run started in the background by a shell, like `make test &`,
+    # passes SIGINT down ignored, and Python then keeps it ignored)
+    code = ("import signal, time\nfrom pekd.errors import user_errors_exit\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "@user_errors_exit\ndef main():\n    print('ready', flush=True)\n    time.sleep(60)\nmain()\n")
     child = spawn(["-c", code], env_for(0, 1, 0))
     until(lambda: "ready" in child.output()[0], "the child to start", procs=[child])
