@@ -8,7 +8,6 @@ The teacher is an untrained resnet8 (the bytes of a bank do not need a good teac
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -16,8 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +28,7 @@ from pekd.teacher.bank import BankTeacher
 from pekd.teacher.precompute import precompute
 from pekd.train import compose_config
 from tests.test_bank import CIFAR_VIEWS, bank_equal, with_teacher
-from tests.train_helpers import Child, env_for, spawn, start, until, wait
+from tests.train_helpers import Child, env_for, remount, spawn, start, tmpfs, until, wait
 
 pytestmark = pytest.mark.slow
 
@@ -79,26 +76,6 @@ def one_error_line(rc: int, stderr: str) -> str:
     assert "Traceback" not in stderr, stderr[-3000:]
     [line] = [x for x in stderr.splitlines() if x.startswith("error:")]
     return line
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` at `where` (root mounts it; CI runs as root, so there a failed mount fails the test)."""
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        if os.geteuid() == 0:
-            pytest.fail(f"root cannot mount a tmpfs ({done.stderr.strip()}): these filesystem tests must run in CI")
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
-
-
-def remount(where: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
 
 
 def copy_bank(reference: Path, to: Path) -> Path:

@@ -23,7 +23,7 @@ from pekd.engine import checkpoint as ckpt
 from pekd.engine.files import atomic_write_bytes
 from pekd.engine.lease import Holder, Lease, lease_path
 from pekd.errors import PekdError
-from tests.train_helpers import REPO, TINY, env_for, final_model, spawn, start, train, until, wait
+from tests.train_helpers import REPO, TINY, env_for, final_model, remount, spawn, start, tmpfs, train, until, wait
 
 pytestmark = pytest.mark.slow
 
@@ -235,17 +235,10 @@ def test_checkpoint_of_another_model_is_one_line_naming_the_key(tmp_path: Path) 
 # ------------------------------------------------------------------ read-only filesystems
 @pytest.fixture
 def read_only_disk(tmp_path: Path):
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        if os.geteuid() == 0:
-            pytest.fail(f"root cannot mount a tmpfs ({done.stderr.strip()}): this test must run in CI")
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    (mnt / "old.json").write_text("{}")
-    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+    with tmpfs(tmp_path / "ro", "4m") as mnt:
+        (mnt / "old.json").write_text("{}")
+        remount(mnt, "ro")
+        yield mnt
 
 
 def test_read_only_filesystem_is_one_line_not_masked_by_the_cleanup(read_only_disk: Path) -> None:

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,3 +127,23 @@ def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
     hit = ckpt.newest_valid(run_dir / "checkpoints")
     assert hit is not None, f"no valid checkpoint in {run_dir}"
     return hit[1]["model"]
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` at `where` (root mounts it; CI runs as root, so there a failed mount fails the test)."""
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"root cannot mount a tmpfs ({done.stderr.strip()}): these filesystem tests must run in CI")
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
