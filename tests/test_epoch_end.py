@@ -69,8 +69,10 @@ def test_stop_during_evaluation_loses_nothing(tmp_path):
                                                                              (1, 3): 1}
 
     a, b = (json.loads((d / "results.json").read_text()) for d in (ref, cut))
-    # the only difference: whose lease wrote it (the uninterrupted run's first owner, the resumed run's second)
+    # the only differences: whose lease wrote it (the uninterrupted run's first owner, the resumed run's second) and
+    # the wall time it took
     assert (a.pop("lease_generation"), b.pop("lease_generation")) == (1, 2)
+    assert all(r.pop("seconds") > 0 for r in (a, b))
     assert a == b and b["status"] == "completed" and len(b["history"]) == 2
     for name in ("best.pt", "student.pt"):
         sa, sb = (read_weights(str(d / name))[0] for d in (ref, cut))

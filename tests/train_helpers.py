@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +130,11 @@ def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` at `where` (root mounts it; CI runs as root, so there a failed mount fails the test)."""
+    """A real tmpfs of `size` at `where` (root mounts it; CI runs as root, so there a failed mount fails the test).
+
+    pytest is imported here, not at the top: bench/gpu_check imports this module on nodes that may lack pytest."""
+    import pytest
+
     where.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
                           text=True)
