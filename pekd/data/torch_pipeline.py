@@ -14,19 +14,22 @@ from functools import partial
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2 import functional as F
 
 from pekd.data.batch import Batch
 from pekd.data.batch_crop import crop_arrays
 from pekd.data.order import Plan, epoch_permutation, eval_shard, rank_micro_batches, steps_per_epoch
 from pekd.data.sources import Source
-from pekd.data.views import Recipe, Views
+from pekd.data.views import EvalRecipe, Recipe, Views
 from pekd.errors import PekdError
 
 
 def apply_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """Crop uint8 CHW to box (zero outside the image), resize to size x size unless it is, maybe flip."""
+    """Crop uint8 CHW to box (zero outside the image), resize to size x size unless it is, maybe flip.
+
+    torchvision is imported where it is used, here and in `load`: importing it pulls in torch._dynamo (about 3 s of
+    each process's start on a slow CPU), and in-memory data sets cropped by pekd.data.batch_crop never need it."""
+    from torchvision.transforms.v2 import functional as F
+
     out = F.crop(image, *box)
     if box[2] != size or box[3] != size:
         out = F.resize(out, [size, size], antialias=True)
@@ -53,17 +56,30 @@ class ViewDataset(Dataset):
     def __init__(self, source: Source, recipe: Recipe):
         self.source = source
         self.recipe = recipe
-        self.mode = ImageReadMode.RGB if source.in_chans == 3 else ImageReadMode.GRAY
 
     def __len__(self) -> int:
         return len(self.source)
 
     def load(self, index: int) -> torch.Tensor:
-        """Sample `index` as uint8 CHW."""
+        """Sample `index` as uint8 CHW, as the recipe's views see it: evaluation's Resize(resize) is done here,
+        by torchvision itself (bilinear, antialiased, on the decoded tensor, as torchvision's ImageClassification
+        preset does), and the center crop then cut from it is a plain crop."""
+        image = self.read(index)
+        if isinstance(self.recipe, EvalRecipe) and self.recipe.resamples(image.shape[1], image.shape[2]):
+            from torchvision.transforms.v2 import functional as F
+
+            image = F.resize(image, [self.recipe.resize], antialias=True)
+        return image
+
+    def read(self, index: int) -> torch.Tensor:
+        """Sample `index` as stored or decoded, uint8 CHW."""
         if self.source.arrays is not None:
             return torch.from_numpy(self.source.arrays[index]).permute(2, 0, 1)
         assert self.source.paths is not None
-        return decode_image(read_file(self.source.paths[index]), mode=self.mode)
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        mode = ImageReadMode.RGB if self.source.in_chans == 3 else ImageReadMode.GRAY
+        return decode_image(read_file(self.source.paths[index]), mode=mode)
 
     def decode(self, index: int) -> torch.Tensor | Corrupt:
         """Sample `index`, or the Corrupt record of a file that cannot be read (returned, not raised, so a worker's
@@ -96,10 +112,12 @@ class ViewDataset(Dataset):
     def from_arrays(self, arrays: np.ndarray, epoch: int, index: np.ndarray) -> Batch:
         """In-memory images: one gather when no view needs a resize, else one view at a time."""
         n, (height, width) = len(index), arrays.shape[1:3]
-        views = self.recipe.views(epoch, index, np.full(n, height), np.full(n, width))
-        pixels = (self.one_by_one([self.load(i) for i in index], views) if self.recipe.resamples(height, width)
-                  else crop_arrays(arrays, index, views, self.recipe.size))
-        return self.batch(index, views, pixels)
+        if not self.recipe.resamples(height, width):
+            views = self.recipe.views(epoch, index, np.full(n, height), np.full(n, width))
+            return self.batch(index, views, crop_arrays(arrays, index, views, self.recipe.size))
+        images = [self.load(i) for i in index]  # evaluation's Resize changes their size: views of what is loaded
+        views = self.recipe.views(epoch, index, np.full(n, images[0].shape[1]), np.full(n, images[0].shape[2]))
+        return self.batch(index, views, self.one_by_one(images, views))
 
     def one_by_one(self, images: list[torch.Tensor], views: Views) -> torch.Tensor:
         return torch.stack([apply_view(img, views.box(j), bool(views.flip[j]), self.recipe.size)

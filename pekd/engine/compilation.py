@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from pekd.engine.determinism import inductor_deterministic
 from pekd.teacher.online import OnlineTeacher
 
 
 def compile_training(model: nn.Module, teacher: Any) -> nn.Module:
     """`model` (the training module, or its DDP wrapper) compiled; an online teacher's model compiled in place.
     A feature bank is a table lookup: nothing to compile."""
+    inductor_deterministic()
     if isinstance(teacher, OnlineTeacher):
         teacher.model = torch.compile(teacher.model)
     return torch.compile(model)

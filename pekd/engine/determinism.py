@@ -13,6 +13,7 @@ which pays off for fixed-shape training.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -30,6 +31,23 @@ def configure(deterministic: bool, device: torch.device) -> None:
                         f"{list(REPRODUCIBLE_WORKSPACES)} before the process's first matmul, but it is "
                         f"{workspace!r}; unset it (pekd sets {REPRODUCIBLE_WORKSPACES[0]!r} when imported) or set "
                         "trainer.deterministic=false")
-    torch.use_deterministic_algorithms(deterministic)
+    set_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def set_deterministic_algorithms(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode), less its import of torch._inductor.config while nothing has loaded
+    inductor: that import is about 2 s of every process's start on a slow CPU, for a flag only compiled code reads.
+    pekd.engine.compilation hands the flag to inductor before it compiles (`inductor_deterministic`)."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode)
+
+
+def inductor_deterministic() -> None:
+    """Give inductor the deterministic flag in force, as torch.use_deterministic_algorithms would have."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()

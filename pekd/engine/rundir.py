@@ -29,6 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pekd.config import as_current
 from pekd.engine.files import atomic_write_bytes, write_json
 from pekd.engine.lease import FOLDER as LEASE_FOLDER
 from pekd.engine.lease import Lease, live_holder
@@ -59,9 +60,10 @@ def schema_defaults() -> dict[str, Any]:
 
 
 def _experiment(tree: dict[str, Any]) -> dict[str, Any]:
-    """The keys that make the experiment: no resumable keys, no keys at their schema default."""
+    """The keys that make the experiment, in this pekd's terms (pekd.config.as_current): no resumable keys, no keys at
+    their schema default."""
     defaults = schema_defaults()
-    return {k: v for k, v in flatten(tree).items()
+    return {k: v for k, v in as_current(flatten(tree)).items()
             if k not in RESUMABLE_CHANGES and not (k in defaults and defaults[k] == v)}
 
 
@@ -209,13 +211,14 @@ def git_revision() -> str:
 
 
 def describe_environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
     import torch
-    import torchvision
 
     import pekd
 
     return {"pekd": pekd.__version__, "git": git_revision(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "torch": torch.__version__, "torchvision": version("torchvision"),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "host": socket.gethostname(),
             "argv": sys.argv, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "world_size": int(os.environ.get("WORLD_SIZE", "1")), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

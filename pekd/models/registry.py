@@ -14,12 +14,25 @@ import torch
 from torch import nn
 
 from pekd.errors import PekdError
-from pekd.models import cifar_resnet, imagenet, vgg, wrn
+from pekd.models import cifar_resnet, vgg, wrn
 from pekd.models.cifar_resnet50 import cifar_resnet50
 from pekd.models.mobilenetv2 import mobilenetv2
 from pekd.models.shufflenet import shufflenet_v1, shufflenet_v2
 
 Builder = Callable[..., nn.Module]
+
+
+def _imagenet(name: str) -> Builder:
+    """A builder from pekd.models.imagenet, imported when first called: it imports torchvision.models, which pulls
+    in torch._dynamo -- about 3 s of every CIFAR-size run's start on a slow CPU, for models it does not build."""
+
+    def build(**kwargs: int) -> nn.Module:
+        from pekd.models import imagenet
+
+        return getattr(imagenet, name)(**kwargs)
+
+    return build
+
 
 _BUILDERS: dict[str, Builder] = {
     # CIFAR (RepDistiller architectures)
@@ -46,10 +59,10 @@ _BUILDERS: dict[str, Builder] = {
     "ShuffleNetV1": shufflenet_v1,
     "ShuffleNetV2": shufflenet_v2,
     # ImageNet
-    "resnet18": imagenet.resnet18,
-    "resnet34": imagenet.resnet34,
-    "resnet50": imagenet.resnet50,
-    "mobilenet_v1": imagenet.mobilenet_v1,
+    "resnet18": _imagenet("resnet18"),
+    "resnet34": _imagenet("resnet34"),
+    "resnet50": _imagenet("resnet50"),
+    "mobilenet_v1": _imagenet("mobilenet_v1"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
