@@ -95,6 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pekd.engine.trainer import Trainer
     from pekd.methods import TrainModule, build_method
     from pekd.models import build_model, load_weights
+    from pekd.teacher.bank_views import resolve as resolve_bank_views
     from pekd.teacher.fingerprint import check_teacher_unchanged
 
     validate(cfg)
@@ -113,6 +114,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if len(train_src) < plan.global_batch:  # checked before the run directory gets its first byte
         raise PekdError(f"the training set has {len(train_src)} samples, fewer than one global batch "
                         f"(data.batch_size={plan.global_batch}); lower data.batch_size or use more data")
+    same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
+    views = resolve_bank_views(cfg, train_src) if same_views else None  # the start line says which
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     student = build_model(cfg.model.name, train_src.num_classes, train_src.in_chans)
@@ -142,15 +145,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         setup_logging(run_dir, env.rank)
         log.info("run %s: %s -> %s with %s on %s, backend %s, amp %s, world %d (%d accumulation steps of %d per "
-                 "process)", run_dir, cfg.teacher.name if teacher is not None else "-", cfg.model.name,
+                 "process)%s", run_dir, cfg.teacher.name if teacher is not None else "-", cfg.model.name,
                  cfg.method.name, describe(env.device), backend(), NAMES[amp_dtype(cfg.trainer.amp, env.device)],
-                 env.world, plan.accum, plan.micro)
+                 env.world, plan.accum, plan.micro, f"; {views.note()}" if views else "")
 
-        same_views = cfg.teacher.mode == "bank" or (cfg.teacher.mode == "online" and cfg.bank.online_same_views)
-        bank_views = cfg.bank.views if same_views else 0
         rows = teacher.rows if cfg.teacher.mode == "bank" and teacher is not None else None  # gathered by the pipeline
         train_loader = build_train_loader(train_src, cfg.data, plan=plan, rank=env.rank, seed=cfg.seed,
-                                          bank_views=bank_views, bank_seed=cfg.bank.seed, rows=rows)
+                                          bank_views=views.K if views else 0, bank_seed=cfg.bank.seed,
+                                          exact=bool(views and views.exact), rows=rows)
         eval_loader = build_eval_loader(val_src, cfg.data, rank=env.rank, world=env.world)
         torch.set_num_threads(threads)  # building an FFCV loader sets the process's thread count to its worker count
         trainer = Trainer(cfg, env, run_dir, TrainModule(student, method), teacher, train_loader, eval_loader,

@@ -48,8 +48,12 @@ class TeacherConfig:
 class BankConfig:
     """Feature bank layout (teacher.mode=bank and pekd.precompute)."""
 
-    views: int = 1  # K augmentation views per sample; the training seed picks which one an epoch shows
-    seed: int = 0  # the bank's own key: view k of sample i comes from (bank.seed, i, k): one bank, every seed
+    # null (unset): every view where the augmentation has finitely many (cifar: 162, flip: 2, none: 1), shown as
+    # the online pipeline draws them -- the online recipe exactly; K = 1 for data.augment=imagenet (continuous).
+    # K: K views per sample drawn once (keyed by bank.seed), the training seed picks which one an epoch shows --
+    # "K fixed views per image", not the online recipe (pekd.teacher.bank_views)
+    views: int | None = None
+    seed: int = 0  # the key of drawn views: view k of sample i comes from (bank.seed, i, k): one bank, every seed
     dtype: str = "float16"
     chunk: int = 1024  # samples per precompute chunk (the unit of resume)
     # teacher.mode=online shows the bank's K views too (not fresh ones each epoch): an online run that sees
@@ -209,7 +213,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.workers": (lambda v: v >= 0, "must be 0 (load in the main process) or a positive worker count"),
     "data.subset": (lambda v: v >= 0, "must be 0 (all samples) or a positive sample count"),
     "data.val_subset": (lambda v: v >= 0, "must be 0 (all samples) or a positive sample count"),
-    "bank.views": (lambda v: v > 0, "must be positive"),
+    "bank.views": (lambda v: v is None or v > 0, "must be positive, or null (every view of a finite augmentation)"),
     "bank.chunk": (lambda v: v > 0, "must be positive"),
     "method.ce_weight": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
     "method.kd_weight": (lambda v: v >= 0, "must be 0 or positive (a negative weight maximises the loss)"),
@@ -240,6 +244,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.split_seed": (lambda v: v >= 0, "must be 0 or a positive integer (seeds are non-negative)"),
     "bank.seed": (lambda v: v >= 0, "must be 0 or a positive integer (seeds are non-negative)"),
 }
+
+
+def as_current(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config (a config.yaml an older pekd may have written) in this pekd's terms. bank.views defaulted
+    to 1 before exact banks (now null: every view of a finite augmentation): where the run shows no bank's views
+    (teacher.mode online without bank.online_same_views, or none) that 1 trains exactly as null does, so it is read
+    as null, and the run resumes with the command that started it."""
+    same_views = flat.get("teacher.mode") == "bank" or (flat.get("teacher.mode") == "online"
+                                                        and flat.get("bank.online_same_views"))
+    if flat.get("bank.views") == 1 and not same_views:
+        return {**flat, "bank.views": None}
+    return flat
 
 
 def _get(cfg: Any, dotted: str) -> Any:

@@ -47,13 +47,14 @@ def _check_pipeline(cfg: DataConfig) -> None:
 
 
 def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int, seed: int,
-                       bank_views: int = 0, bank_seed: int = 0,
+                       bank_views: int = 0, bank_seed: int = 0, exact: bool = False,
                        rows: Callable[[Batch], Batch] | None = None) -> TrainLoader:
     """The training loader of this rank. bank_views K > 0: each sample shows one of the K views keyed by
-    bank_seed (the training seed picks which). rows: attaches a feature bank's rows to each batch
-    (pekd.teacher.bank.BankRows), applied by the pipeline so that they travel with the images."""
+    bank_seed (the training seed picks which) -- or, exact, the view the online pipeline draws, numbered among
+    all K. rows: attaches a feature bank's rows to each batch (pekd.teacher.bank.BankRows), applied by the
+    pipeline so that they travel with the images."""
     _check_pipeline(cfg)
-    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, bank_seed=bank_seed)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, seed, bank_views, bank_seed=bank_seed, exact=exact)
     if cfg.pipeline == "ffcv":
         from pekd.data.ffcv_pipeline import FfcvTrainLoader
 
@@ -75,11 +76,12 @@ def build_train_loader(source: Source, cfg: DataConfig, *, plan: Plan, rank: int
 
 
 def build_view_passes(source: Source, cfg: DataConfig, *, bank_seed: int, bank_views: int,
-                      batch_size: int) -> Passes:
-    """A bank's precompute reader: run(k, batches) shows view k (keyed by bank_seed) of each sample, decoded,
-    cropped and resized by the backend data.pipeline names -- the one training will read the same samples with."""
+                      batch_size: int, exact: bool = False) -> Passes:
+    """A bank's precompute reader: run(k, batches) shows view k (keyed by bank_seed, or exact: the k-th of every
+    view) of each sample, decoded, cropped and resized by the backend data.pipeline names -- the one training will
+    read the same samples with."""
     _check_pipeline(cfg)
-    recipe = TrainRecipe(cfg.augment, cfg.image_size, 0, bank_views, replay=True, bank_seed=bank_seed)
+    recipe = TrainRecipe(cfg.augment, cfg.image_size, 0, bank_views, replay=True, bank_seed=bank_seed, exact=exact)
     if cfg.pipeline == "ffcv":
         from pekd.data.ffcv_pipeline import FfcvPasses
 

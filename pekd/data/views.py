@@ -1,10 +1,11 @@
 """Augmentation views: the crop box and flip of each sample, as a pure function of a key.
 
 Every pipeline (torch, FFCV, DALI) asks this module for the view of a sample and only *applies* it, so the
-same (seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank with K views
-stores teacher features of view k of each sample under its own key; training then picks k from the training
-(seed, epoch, index) and re-creates view k exactly from (bank seed, index, k), so one bank serves every
-training seed.
+same (seed, epoch, index) gives the same crop on every rank, backend and resume. A feature bank stores teacher
+features of view k of each sample. An exact bank (the finite augmentations: cifar, flip, none) stores every view,
+numbered by pekd.data.view_space; training draws exactly as online and names the drawn view's number. A bank of K
+drawn views stores view k re-created from (bank seed, index, k); training picks k from the training (seed, epoch,
+index). Either way one bank serves every training seed.
 
 The random numbers come from SplitMix64 run in counter mode over a hash of the key. It is vectorised over
 whole batches of indices in plain numpy, needs no generator object per sample, and its output is fixed by
@@ -22,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pekd.data.view_space import FINITE, offset_counts, view_numbers, view_offsets
 from pekd.errors import PekdError
 
 AUGMENTS = ("cifar", "imagenet", "flip", "none")
@@ -110,8 +112,9 @@ def random_resized_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray,
 def pad_crop_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int,
                    pad: int = CIFAR_PAD) -> tuple[np.ndarray, ...]:
     """RandomCrop(size, padding=pad): a size x size box of the zero-padded image, offsets uniform."""
-    dy = np.floor(u[:, 0] * np.maximum(heights + 2 * pad - size + 1, 1)).astype(np.int64)
-    dx = np.floor(u[:, 1] * np.maximum(widths + 2 * pad - size + 1, 1)).astype(np.int64)
+    ny, nx = offset_counts(heights, widths, size, pad)
+    dy = np.floor(u[:, 0] * ny).astype(np.int64)
+    dx = np.floor(u[:, 1] * nx).astype(np.int64)
     side = np.full_like(dy, size)
     return dy - pad, dx - pad, side, side
 
@@ -146,8 +149,10 @@ class Recipe(Protocol):
 @dataclass(frozen=True)
 class TrainRecipe:
     """Training augmentation: one of AUGMENTS at output side `size`, keyed by the training seed -- or, with a
-    bank's K views, by the bank's seed (the views) and the training seed (which view an epoch shows).
+    bank's K drawn views, by the bank's seed (the views) and the training seed (which view an epoch shows).
 
+    exact=True (a bank of every view of a finite augmentation): the views are drawn as without a bank, and each
+    carries its number in the enumeration (pekd.data.view_space) -- the bank's row of exactly this view.
     replay=True (a bank's precompute): a pass's key is not an epoch but the view number k, and every sample shows
     its view k. Pipelines take the recipe as it is, so precompute decodes and resizes exactly as training does.
     """
@@ -158,6 +163,7 @@ class TrainRecipe:
     bank_views: int = 0
     replay: bool = False
     bank_seed: int = 0
+    exact: bool = False
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
@@ -166,6 +172,9 @@ class TrainRecipe:
             raise PekdError(f"data.image_size={self.size} must be positive")
         if self.replay and self.bank_views <= 0:
             raise PekdError("replaying bank views needs bank.views >= 1")
+        if self.exact and self.augment not in FINITE:
+            raise PekdError(f"data.augment={self.augment} has a continuous view space: a bank of it holds bank.views "
+                            f"drawn views, it cannot hold every view (only {list(FINITE)} can)")
 
     def resamples(self, height: int, width: int) -> bool:
         """RandomResizedCrop boxes are resized; the pad-crop and center boxes have the output's side already."""
@@ -175,7 +184,9 @@ class TrainRecipe:
         index = np.asarray(index, dtype=np.int64)
         heights = np.asarray(heights, dtype=np.int64)
         widths = np.asarray(widths, dtype=np.int64)
-        if self.bank_views > 0:
+        if self.exact and self.replay:  # a replay pass of an exact bank is keyed by the view number
+            return self._enumerated(np.full_like(index, epoch), heights, widths)
+        if self.bank_views > 0 and not self.exact:
             view = (np.full_like(index, epoch) if self.replay  # a replay pass is keyed by the view number
                     else bank_view_ids(self.seed, epoch, index, self.bank_views))
             u = uniforms((_TAG_BANK, self.bank_seed, index, view), DRAWS)
@@ -190,12 +201,26 @@ class TrainRecipe:
             box = center_boxes(heights, widths, self.size)
         if self.augment == "none":
             flip = np.zeros(len(index), dtype=bool)
-        elif self.augment == "flip" and self.bank_views > 0:
+        elif self.augment == "flip" and self.bank_views > 0 and not self.exact:
             # Flip-only augmentation has exactly two views; stored as views 0 and 1 (then repeating), a bank of
             # K=2 holds both, and a uniform pick per epoch is the online random flip exactly.
             flip = view % 2 == 1
         else:
             flip = u[:, -1] < 0.5
+        if self.exact:  # the drawn view's number: its row in the bank
+            _, nx = offset_counts(heights, widths, self.size, CIFAR_PAD)
+            view = view_numbers(self.augment, box[0] + CIFAR_PAD, box[1] + CIFAR_PAD, flip, nx)
+        return Views(*box, flip=flip, view=view)
+
+    def _enumerated(self, view: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
+        """View number `view` of each sample: the same box and flip as the online draw that names that number."""
+        _, nx = offset_counts(heights, widths, self.size, CIFAR_PAD)
+        dy, dx, flip = view_offsets(self.augment, view, nx)
+        if self.augment == "cifar":
+            side = np.full_like(view, self.size)
+            box = (dy - CIFAR_PAD, dx - CIFAR_PAD, side, side.copy())
+        else:
+            box = center_boxes(heights, widths, self.size)
         return Views(*box, flip=flip, view=view)
 
 

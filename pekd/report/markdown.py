@@ -9,6 +9,7 @@ from typing import Any
 from pekd.report import stats
 from pekd.report.along import MECHANISM, Point
 from pekd.report.runs import METRICS, VERDICT_METRIC, Run
+from pekd.teacher.bank_views import config_note
 
 NEWER = ("projector_dead_fraction", "projector_cos_distance", "student_cos_distance")
 
@@ -62,7 +63,9 @@ def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], 
               f"|---|{bar}---:|---:|---:|---:|---|"]
     for p in pts:
         for row in p.rows:
-            flags = ", ".join(f"{r.status}: {r.path.name}" for r in row.runs if r.status != "completed")
+            note = config_note(row.runs[0].config)  # a bank of views that are not the online recipe's
+            flags = ", ".join([*(f"{r.status}: {r.path.name}" for r in row.runs if r.status != "completed"),
+                               *([note] if note else [])])
             cells = " | ".join(_ci(stats.summary(row.values(m))) for m in METRICS)
             paper = row.paper()
             lines.append(f"| {row.label} |{at(p)} {len(row.completed())}/{len(row.runs)} | {cells} | "

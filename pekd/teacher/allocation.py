@@ -34,6 +34,15 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} {units[i]}"
 
 
+def decimal_bytes(n: float) -> str:
+    """Bytes in powers of 1000 (4.1 GB), as disks and quotas are sold and the docs quote a bank's size."""
+    units = ["B", "kB", "MB", "GB", "TB"]
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:.1f} {units[i]}"
+
+
 def bank_bytes(spec: dict[str, Any]) -> int:
     """Size of features.bin for this spec: K x N x d rows of its dtype."""
     k, n, d = (int(s) for s in spec["shape"])
@@ -65,10 +74,12 @@ def size_line(folder: Path, spec: dict[str, Any]) -> str:
     """The bank's size and what its filesystem has left, printed before the build computes anything."""
     size = bank_bytes(spec)
     needed, free = room(folder / "features.bin", size)
-    shape = " x ".join(str(s) for s in spec["shape"])
+    k, n, d = spec["shape"]
+    exact = " (every view)" if spec["views"].get("exact") else ""
     reserved = "all of it reserved" if needed == 0 else f"{human_bytes(size - needed)} of it reserved"
-    return (f"feature bank {folder}: {shape} {spec['dtype']} = {human_bytes(size)} ({size} bytes) in features.bin, "
-            f"{reserved}; {human_bytes(free)} left free on its filesystem")
+    return (f"feature bank {folder}: {k} views{exact} x {n} images x {d} {spec['dtype']} = {decimal_bytes(size)}, "
+            f"{human_bytes(size)} ({size} bytes) in features.bin, {reserved}; {human_bytes(free)} left free on its "
+            "filesystem")
 
 
 def check_room(folder: Path, spec: dict[str, Any]) -> None:

@@ -12,10 +12,12 @@ A bank is a folder:
   lease/           the builder's lease (pekd.engine.lease): one builder per bank
   logs/            the precompute's per-rank logs
 
-Row (k, i) is the teacher's feature of view k of sample i, where view k is the crop and flip the data layer
-re-creates from (bank.seed, i, k) (pekd.data.views). With teacher.mode=bank the pipeline shows view
-`bank_view_ids(seed, epoch, i, K)` of sample i (the training seed picks the view), and the bank serves the
-matching row: cached and online training are the same computation.
+Row (k, i) is the teacher's feature of view k of sample i. In an exact bank (views.exact, pekd.teacher.bank_views)
+view k is the k-th of every view of a finite augmentation (pekd.data.view_space), and with teacher.mode=bank the
+pipeline shows the view the online pipeline draws for (seed, epoch, i) and names its row. In a bank of K drawn
+views, view k is the crop and flip the data layer re-creates from (bank.seed, i, k) (pekd.data.views), and the
+pipeline shows view `bank_view_ids(seed, epoch, i, K)` of sample i (the training seed picks the view). Either way
+the bank serves the matching row: cached and online training are the same computation.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pekd.data.batch import Batch
 from pekd.data.pipelines import pixels_identity
 from pekd.data.sources import Source
 from pekd.errors import PekdError
-from pekd.teacher import checksums
+from pekd.teacher import bank_views, checksums
 from pekd.teacher.manifest import FORMAT, LEGACY_FORMATS, Malformed, check_spec
 from pekd.teacher.write_errors import write_error
 
@@ -56,6 +58,8 @@ CHECKED: dict[str, str] = {
     "views.augment": "data.augment",
     "views.image_size": "data.image_size",
     "views.seed": "bank.seed",
+    "views.exact": "bank.views: unset = every view of a finite augmentation, the online recipe; bank.views=K = K drawn "
+                   "views, as every bank of pekd before format 5 holds",
     "views.K": "bank.views",
     "views.pixels": "data.pipeline / data.dali_device / data.train_beton",
     "dtype": "bank.dtype",
@@ -78,14 +82,15 @@ def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -
     """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
     import pekd
 
-    k, n = int(cfg.bank.views), len(source)
+    views = bank_views.resolve(cfg, source)
+    k, n = views.K, len(source)
     return {
         "format": FORMAT,
         "pekd_version": pekd.__version__,
         "teacher": {"name": cfg.teacher.name, "weights_sha256": weights_digest},
         "data": source.identity(),
         "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.bank.seed),
-                  "K": k, "pixels": pixels_identity(cfg.data)},
+                  "K": k, "exact": views.exact, "pixels": pixels_identity(cfg.data)},
         "dtype": cfg.bank.dtype,
         "shape": [k, n, int(feature_dim)],
         "file": FEATURES,
@@ -110,9 +115,11 @@ def first_difference(bank: dict[str, Any], run: dict[str, Any], fields: list[str
 
 
 def bank_difference(manifest: dict[str, Any], run: dict[str, Any]) -> str | None:
-    """first_difference, except that a bank of a legacy format (the same rows, no checksums) matches a run."""
+    """first_difference, except that a bank of a legacy format matches a run of the same rows: its views are drawn
+    ones (views.exact false), and a format-3 bank has no checksums."""
     if manifest["format"] in LEGACY_FORMATS:
         run = {**run, "format": manifest["format"]}
+        manifest = {**manifest, "views": {"exact": False, **manifest["views"]}}
     return first_difference(manifest, run)
 
 

@@ -13,8 +13,14 @@ import math
 import re
 from typing import Any
 
-FORMAT = 4  # 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed; 4: content checksums
-LEGACY_FORMATS = (3,)  # read with a warning: the same rows, but nothing to verify them against
+# 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed; 4: content checksums; 5: exact
+# banks (views.exact: every view of a finite augmentation, numbered by pekd.data.view_space)
+FORMAT = 5
+# read as banks of drawn views (views.exact false, all they could be); format 3 also with a warning: the same rows,
+# but nothing to verify them against
+LEGACY_FORMATS = (3, 4)
+CHECKSUMS_SINCE = 4
+EXACT_SINCE = 5
 DTYPES = ("float16", "float32")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -32,6 +38,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "views.image_size": (int,),
     "views.seed": (int,),
     "views.K": (int,),
+    "views.exact": (bool,),
     "views.pixels": (str,),
     "dtype": (str,),
     "shape": (list,),
@@ -76,7 +83,8 @@ def check_spec(record: dict[str, Any], sealed: bool) -> None:
     fmt = _get(record, "format")
     if fmt != FORMAT and fmt not in LEGACY_FORMATS:
         raise Malformed(f"it is format {fmt!r}; this pekd reads formats {[*LEGACY_FORMATS, FORMAT]}")
-    _check_types(record, SEALED_FIELDS if sealed else SPEC_FIELDS)
+    fields = SEALED_FIELDS if sealed else SPEC_FIELDS
+    _check_types(record, {k: v for k, v in fields.items() if fmt >= EXACT_SINCE or k != "views.exact"})
     shape, k, n = record["shape"], record["views"]["K"], record["data"]["n"]
     if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise Malformed(f"'shape' is {shape!r}, not [K, N, d] of positive integers")
@@ -86,7 +94,7 @@ def check_spec(record: dict[str, Any], sealed: bool) -> None:
         raise Malformed(f"'dtype' is {record['dtype']!r}, not one of {list(DTYPES)}")
     if record["chunk"] <= 0:
         raise Malformed(f"'chunk' is {record['chunk']}, not a positive number of samples")
-    if sealed and fmt == FORMAT:
+    if sealed and fmt >= CHECKSUMS_SINCE:
         digests = _get(record, "checksums.sha256")
         chunks = math.ceil(n / record["chunk"])
         if not isinstance(digests, list) or len(digests) != chunks:

@@ -36,8 +36,8 @@ from pekd.engine.lease import Lease
 from pekd.engine.metrics import progress_bar
 from pekd.engine.rundir import git_revision
 from pekd.errors import PekdError
-from pekd.teacher import bank, bank_folder, build_lease, chunks
-from pekd.teacher.allocation import bank_bytes, human_bytes, size_line
+from pekd.teacher import bank, bank_folder, bank_views, build_lease, chunks, estimate
+from pekd.teacher.allocation import bank_bytes, decimal_bytes, human_bytes, size_line
 from pekd.teacher.checksums import chunk_digest
 from pekd.teacher.row_writer import RowWriter
 from pekd.teacher.write_errors import write_error
@@ -89,9 +89,9 @@ def setup(cfg: Any, device: torch.device) -> tuple[Source, FrozenTeacher, dict[s
     return source, teacher, spec
 
 
-def passes_for(source: Source, cfg: Any) -> Passes:
-    return build_view_passes(source, cfg.data, bank_seed=int(cfg.bank.seed), bank_views=int(cfg.bank.views),
-                             batch_size=cfg.data.eval_batch_size)
+def passes_for(source: Source, cfg: Any, spec: dict[str, Any]) -> Passes:
+    return build_view_passes(source, cfg.data, bank_seed=int(cfg.bank.seed), bank_views=int(spec["views"]["K"]),
+                             batch_size=cfg.data.eval_batch_size, exact=bool(spec["views"]["exact"]))
 
 
 def work_plan(todo: list[int], size: int, n: int, views: int,
@@ -109,7 +109,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
                    pending: list[int], env: DistEnv, lease: Lease) -> tuple[int, float]:
     """This rank's share of the unfinished chunks (round robin); returns (images computed, seconds). Each chunk's
     marker is written only while `lease` is still the bank's current one."""
-    views, n, size = int(cfg.bank.views), len(source), int(cfg.bank.chunk)
+    views, n, size = int(spec["views"]["K"]), len(source), int(cfg.bank.chunk)
     total = math.ceil(n / size)
     if len(pending) < total:
         log.info("resuming: %d of %d chunks already finished, skipped", total - len(pending), total)
@@ -121,7 +121,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
     images = sum(len(b) for _, _, batches in plan for b in batches)
     # as the training bars: on a terminal only, never into SLURM's .err or a pipe (the log line below says it)
     bar = progress_bar(env.is_main and cfg.trainer.progress, images, 0, "teacher features")
-    passes = passes_for(source, cfg)
+    passes = passes_for(source, cfg, spec)
     writer = RowWriter(features, spec["dtype"])
     t0 = time.perf_counter()
     for c, k, batches in plan:
@@ -232,8 +232,11 @@ def build(cfg: Any, folder: Path, source: Source, teacher: FrozenTeacher, spec: 
         setup_logging(folder, env.rank)
     except OSError as e:
         raise write_error(folder / "logs", e) from None
-    if env.is_main:
+    if env.is_main:  # what the build will take, before it takes it (a bank too big for its disk was refused)
         log.info("%s", size_line(folder, spec))
+        log.info("%s", estimate.views_line(bank_views.resolve(cfg, source)))
+        log.info("%s", estimate.time_line(spec, rate(cfg, source, teacher, spec, 2), len(run_sources(cfg)[1]),
+                                          env.world))
     images, seconds = compute_chunks(cfg, folder, source, teacher, spec, pending, env, lease)
     top1, val = teacher_top1(cfg, teacher, env)
     barrier()
@@ -245,14 +248,16 @@ def build(cfg: Any, folder: Path, source: Source, teacher: FrozenTeacher, spec: 
     return bank.read_record(folder / bank.MANIFEST, sealed=True)
 
 
-def duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+def rate(cfg: Any, source: Source, teacher: FrozenTeacher, spec: dict[str, Any], sample_batches: int) -> float:
+    """Images per second of this process's teacher on the first `sample_batches` batches of the data set."""
+    n, bs = len(source), cfg.data.eval_batch_size
+    [(_, _, batches)] = work_plan([0], min(n, bs * sample_batches), n, 1, bs)
+    return estimate.images_per_second(passes_for(source, cfg, spec), teacher, spec, batches)
 
 
 def dry_run(cfg: Any, sample_batches: int = 4) -> str:
-    """The bank's size, and its precompute time extrapolated from timing a few real batches (writes nothing)."""
+    """The bank's size, views, and its precompute time extrapolated from timing a few real batches (writes
+    nothing)."""
     # this process's own GPU, as init_distributed picks it: under torchrun every rank would otherwise time on cuda:0
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else \
@@ -260,31 +265,14 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     source, teacher, spec = setup(cfg, device)
     k, n, d = spec["shape"]
     size = bank_bytes(spec)
-    bs = cfg.data.eval_batch_size
-    sampled = min(n, bs * sample_batches)
-    [(_, _, batches)] = work_plan([0], sampled, n, 1, bs)
-    passes = passes_for(source, cfg)
-    for batch in passes.run(0, batches[:1]):  # warm-up (JIT, workers, first touches), not timed
-        teacher(batch)
-    rows = np.zeros((1, sampled, d), dtype=spec["dtype"])  # written as the build writes them, into memory
-    writer = RowWriter(rows, spec["dtype"])  # type: ignore[arg-type]
-    timed, t0 = 0, time.perf_counter()
-    for batch in passes.run(0, batches):
-        feat, _ = teacher(batch)
-        writer.add(0, batch.index.cpu().numpy(), feat)
-        timed += len(batch)
-    writer.flush()
-    rate = timed / (time.perf_counter() - t0)
-    val_n = len(run_sources(cfg)[1])
-    seconds = (k * n + val_n) / rate
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    measured = rate(cfg, source, teacher, spec, sample_batches)
     return "\n".join([
         f"feature bank {Path(cfg.teacher.bank).resolve() if cfg.teacher.bank else '(teacher.bank unset)'}",
-        f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)}"
-        f" in {bank.FEATURES}, {chunks.count(spec)} chunks of {spec['chunk']}",
-        f"  views: augment={cfg.data.augment} image_size={cfg.data.image_size} bank.seed={cfg.bank.seed}; "
-        f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}",
-        f"  measured {rate:.0f} images/s on one {device.type} process ({timed} images, batch {bs})",
-        f"  expected precompute: {k} x {n} + {val_n} eval images = {duration(seconds)} on 1 process"
-        + (f", about {duration(seconds / world)} on {world} processes" if world > 1 else ""),
+        f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)} "
+        f"({decimal_bytes(size)}) in {bank.FEATURES}, {chunks.count(spec)} chunks of {spec['chunk']}",
+        estimate.views_line(bank_views.resolve(cfg, source)),
+        f"  augment={cfg.data.augment} image_size={cfg.data.image_size} bank.seed={cfg.bank.seed}; "
+        f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}; measured on one {device.type} process, "
+        f"batch {cfg.data.eval_batch_size}",
+        estimate.time_line(spec, measured, len(run_sources(cfg)[1]), int(os.environ.get("WORLD_SIZE", "1"))),
     ])
