@@ -56,8 +56,8 @@ class BankConfig:
     seed: int = 0  # the key of drawn views: view k of sample i comes from (bank.seed, i, k): one bank, every seed
     dtype: str = "float16"
     chunk: int = 1024  # samples per precompute chunk (the unit of resume)
-    # teacher.mode=online shows the bank's K views too (not fresh ones each epoch): an online run that sees
-    # exactly what a bank run sees, to check a bank against the teacher or to measure what K views cost
+    # teacher.mode=online shows the bank's views too: an online run that sees exactly what a bank run sees, to check
+    # a bank against the teacher or to measure what K drawn views cost (an exact bank's views are the online ones)
     online_same_views: bool = False
 
 
