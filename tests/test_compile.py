@@ -29,8 +29,9 @@ pytestmark = pytest.mark.slow
 CPU = DistEnv(0, 1, 0, torch.device("cpu"))
 
 
-def pefd_trainer(compiled: bool, run_dir: Path) -> Trainer:
-    """PEFD resnet8 <- online resnet8 (random, fixed) on digits, as pekd.train assembles it."""
+def pefd_trainer(compiled: bool | str, run_dir: Path) -> Trainer:
+    """PEFD resnet8 <- online resnet8 (random, fixed) on digits, as pekd.train assembles it; `compiled` is
+    trainer.compile's value."""
     cfg = compose_config(TINY + ["method=pefd", "teacher.name=resnet8", "teacher.weights=unused", "data.batch_size=32",
                                  f"trainer.compile={str(compiled).lower()}", f"run_dir={run_dir}"])
     src = build_source(cfg.data.source, cfg.data.root, "train")

@@ -125,7 +125,9 @@ class TrainerConfig:
     grad_clip: float = 0.0  # max grad norm (0 = off)
     sync_bn: bool = False
     deterministic: bool = False
-    compile: bool = False  # torch.compile the training module (student + projectors) and the online teacher
+    # torch.compile the training module (student + projectors) and the online teacher: false | true (= default) |
+    # default | reduce-overhead (CUDA graphs of the step too; eager, with one log line, where graphs cannot be)
+    compile: bool | str = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     ckpt_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = epoch ends only)
     keep_last: int = 2
@@ -185,7 +187,7 @@ def register() -> None:
     cs.store(name="pekd_schema", node=Config)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str | bool, ...]] = {
     "teacher.mode": ("online", "bank", "none"),
     "data.pipeline": ("torch", "ffcv", "dali", "device"),
     "data.augment": ("cifar", "imagenet", "flip", "none"),
@@ -194,6 +196,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.name": ("ce", "kd", "fd", "pefd"),
     "method.projector": ("linear_relu", "mlp_bn"),
     "trainer.amp": ("auto", "bf16", "fp16", "off"),
+    "trainer.compile": (False, True, "default", "reduce-overhead"),
     "trainer.lr_scaling": ("none", "linear"),
     "trainer.schedule": ("step", "cosine"),
     "bank.dtype": ("float16", "float32"),

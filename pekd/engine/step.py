@@ -43,12 +43,13 @@ def step_seed(seed: int, rank: int, global_step: int) -> int:
 
 class GradientStep:
     """model: what the step calls (the training module, wrapped in DDP and/or compiled); ddp: the DDP wrapper
-    (None alone), for no_sync."""
+    (None alone), for no_sync; graphed: model and teacher replay CUDA graphs (trainer.compile=reduce-overhead)."""
 
     def __init__(self, model: nn.Module, ddp: DDP | None, teacher: Any, inputs: Inputs, scaler: torch.amp.GradScaler,
-                 dtype: torch.dtype | None, world: int, count_skips: bool, lockstep: bool = False) -> None:
+                 dtype: torch.dtype | None, world: int, count_skips: bool, lockstep: bool = False,
+                 graphed: bool = False) -> None:
         self.model, self.ddp, self.teacher, self.inputs, self.scaler = model, ddp, teacher, inputs, scaler
-        self.dtype, self.world = dtype, world
+        self.dtype, self.world, self.graphed = dtype, world, graphed
         self.count_skips = count_skips  # data.on_corrupt=skip under DDP: micro-batches may be short on any rank
         self.lockstep = lockstep  # SyncBatchNorm under DDP: every rank runs every micro-batch (micro_plan)
 
@@ -82,6 +83,8 @@ class GradientStep:
         """divisor None: an empty micro-batch run only for its collectives; its loss is made an exact 0 whose
         backward still passes every layer (nan_to_num's gradient at its NaN is 0), so the gradients are 0."""
         x, batch = self.inputs(batch)
+        if self.graphed:  # a new step: the graphs' outputs of the last one (read and copied by now) may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         ctx = self.ddp.no_sync() if (not sync and self.ddp is not None) else nullcontext()
         with ctx:
             with autocast(self.inputs.device, self.dtype):

@@ -34,7 +34,7 @@ from pekd.data.batch import Batch
 from pekd.engine import checkpoint as ckpt
 from pekd.engine.checks import PendingChecks, check_due, weights_finite
 from pekd.engine.compatibility import MISFIT, check_fits, describe
-from pekd.engine.compilation import compile_training
+from pekd.engine.compilation import GRAPHED, compile_mode, compile_training, graph_blocker
 from pekd.engine.distributed import DistEnv, data_parallel
 from pekd.engine.ema import StudentEMA
 from pekd.engine.evaluation import Inputs, evaluate
@@ -83,11 +83,19 @@ class Trainer:
         self.module = module  # the uncompiled, unwrapped module: what checkpoints save and load
         self.ddp = data_parallel(module, self.device) if env.distributed else None
         model: nn.Module = module if self.ddp is None else self.ddp
-        if tc.compile:
-            model = compile_training(model, teacher)
+        mode = compile_mode(tc.compile)
+        blocker = graph_blocker(self.device, env.distributed, plan.accum, cfg.data.on_corrupt) \
+            if mode == GRAPHED else None
+        if blocker is not None:  # the one line: eager, as documented, rather than a surprise compile
+            log.info("trainer.compile=%s: no CUDA graphs, the step runs eager: %s (trainer.compile=true compiles "
+                     "without graphs)", GRAPHED, blocker)
+            mode = None
+        if mode is not None:
+            model = compile_training(model, teacher, mode)
         self.scaler = grad_scaler(self.device, self.dtype)
         self.step = GradientStep(model, self.ddp, teacher, self.inputs, self.scaler, self.dtype, env.world,
-                                 count_skips=cfg.data.on_corrupt == "skip" and env.distributed, lockstep=sync_bn)
+                                 count_skips=cfg.data.on_corrupt == "skip" and env.distributed, lockstep=sync_bn,
+                                 graphed=mode == GRAPHED)
 
         lr = tc.lr * (plan.global_batch / 256 if tc.lr_scaling == "linear" else 1.0)
         self.optimizer = build_optimizer(module, tc, lr, fused=self.dtype == torch.float16)
