@@ -7,6 +7,7 @@ tests/test_launcher_crashes.py; the command line and --dry-run without a control
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pekd.train import compose_config
 from slurm.local_cluster import LocalCluster
 from tests.launcher_helpers import cpu_args, finish, refused, run_log, tiny  # noqa: F401 (a fixture)
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
-from tests.train_helpers import TINY
+from tests.train_helpers import TINY, train
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +55,27 @@ def test_preempted_two_task_run_resumes_and_matches_uninterrupted(
     assert all(torch.equal(final_ref[k], final_pre[k]) for k in final_ref)
 
 
+def epochs_lasting(seconds: float, recipe: list[str], folder: Path, most: int) -> int:
+    """How many epochs of `recipe` train for about `seconds` here: 3 epochs timed (results.json's seconds of
+    training and evaluation, start-up excluded), at most `most`."""
+    [(rc, err)] = train([*recipe, "trainer.epochs=3", f"run_dir={folder}"])
+    assert rc == 0, err[-2000:]
+    per_epoch = json.loads((folder / "results.json").read_text())["seconds"] / 3
+    return min(most, math.ceil(seconds / per_epoch))
+
+
 @pytest.mark.timeout(900)  # its own wait for the job is 800 s: several 1-minute starts on a loaded machine
 def test_time_limit_shorter_than_run_requeues_until_done(
     slurm_env: LocalCluster, tmp_path: Path, tiny: list[str]  # noqa: F811
 ) -> None:
     # slurmctld checks limits every 30 s and sends the warning signal once the time left is under the delay
     # plus 30 s: with a one-minute limit and a 5 s delay, USR2 lands 25-55 s into each start (after the
-    # trainer is up) and the kill would come one check later. 150 epochs of digits are about 100 s of training on
-    # a fast, idle machine (60 took 39 s), so at least two starts are needed; a loaded machine needs more of them.
+    # trainer is up) and the kill would come one check later. About 75 s of training (timed here; at most the
+    # 150 epochs of the test's first version) needs at least two starts, more on a loaded machine.
+    epochs = epochs_lasting(75, tiny, tmp_path / "timing", most=150)
     run_dir = tmp_path / "run"
     args = [*cpu_args(slurm_env, tmp_path, nodes=1, minutes=1), "--signal-delay", "5"]
-    [job] = submit.main([*args, *tiny, "trainer.epochs=150", f"run_dir={run_dir}"])
+    [job] = submit.main([*args, *tiny, f"trainer.epochs={epochs}", f"run_dir={run_dir}"])
     assert finish(job, timeout_s=800) == "COMPLETED"
     log = run_log(run_dir)
     assert "received SIGUSR2" in log and "resumed from" in log
