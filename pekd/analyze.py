@@ -8,10 +8,12 @@ the evaluation transform on both (no augmentation) -- and each set is read once,
 with streaming accumulators (O(d^2) memory, never an n x n matrix). Writes RUN_DIR/analysis.json (a flat object
 that pekd.report reads) and prints a short table per run. Models run in eval mode, fp32, in the run's memory
 format, so with trainer.amp=off the test top-1 equals the run's own last evaluation. For a projector ensemble it
-also measures, per projector, the fraction of output units no test image activates, and the final alignment
-(mean 1 - cos between the ensemble's projection and the teacher's feature; for equal feature sizes the student's
-own feature's too, FD's alignment). A run trained with trainer.analyze=true wrote the same analysis.json from its
-final evaluation's forward pass (pekd.science.fused_analysis); this second pass is for the others.
+also measures, per projector, the fraction of output units no test image activates, and the final alignment (mean 1
+- cos between the ensemble's projection and the teacher's feature; for equal feature sizes the student's own
+feature's too, FD's alignment); for KD with a logit projector, the test top-1 of the projector's output beside the
+raw logits' (the checkpoint's projector, as the run's own final evaluation reads the live one). A run trained with
+trainer.analyze=true wrote the same analysis.json from its final evaluation's forward pass
+(pekd.science.fused_analysis); this second pass is for the others.
 """
 
 from __future__ import annotations
@@ -74,38 +76,45 @@ def build_models(cfg: DictConfig, run_dir: Path, weights: str, num_classes: int,
     if has_teacher(cfg):
         models.teacher = build_model(cfg.teacher.name, num_classes, in_chans)
         load_weights(models.teacher, str(cfg.teacher.weights))
-    if cfg.method.name == "pefd":
+    if cfg.method.name == "pefd" or cfg.method.get("logit_projector"):
         _attach_projector(models, cfg, run_dir, weights, num_classes, in_chans)
     return models
 
 
 def _attach_projector(models: Models, cfg: DictConfig, run_dir: Path, weights: str, num_classes: int,
                       in_chans: int) -> None:
-    """The projectors are not exported; they live with their student in the newest valid checkpoint."""
+    """The projectors (PEFD's ensemble, KD's logit projector) are not exported; they live with their student in
+    the newest valid checkpoint."""
     from pekd.engine import checkpoint as ckpt
     from pekd.methods import TrainModule, build_method
     from pekd.models import build_model
 
-    if models.teacher is None:
+    pefd = cfg.method.name == "pefd"
+    if pefd and models.teacher is None:
         models.notes.append("no teacher weights in config.yaml: projector CKA not measured")
         return
     hit = ckpt.newest_valid(run_dir / "checkpoints")
     if hit is None:
-        models.notes.append(f"no valid checkpoint in {str(run_dir / 'checkpoints')!r}: projector CKA not measured")
+        what = "projector CKA" if pefd else "the projected logits' top-1"
+        models.notes.append(f"no valid checkpoint in {str(run_dir / 'checkpoints')!r}: {what} not measured")
         return
     path, state = hit
+    d_t = models.teacher.feature_dim if models.teacher is not None else None
     module = TrainModule(build_model(cfg.model.name, num_classes, in_chans),
-                         build_method(cfg.method, models.student.feature_dim, models.teacher.feature_dim))
+                         build_method(cfg.method, models.student.feature_dim, d_t, num_classes))
     try:
         module.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
         raise PekdError(f"checkpoint {str(path)!r} does not hold this run's student and projectors "
                         f"({str(e).splitlines()[0]}); was config.yaml edited after training?") from None
-    models.projector = module.method.projector
+    if pefd:
+        models.projector = module.method.projector
+    else:
+        models.logit_projector = module.method.logit_projector
     if not _same_weights(module.student, models.student):
         models.projector_student = module.student
-        models.notes.append(f"{weights} differs from the student in {path.name}: projector CKA is measured on "
-                            f"that checkpoint's student, the one its projectors were trained with")
+        models.notes.append(f"{weights} differs from the student in {path.name}: the projectors are measured on "
+                            f"that checkpoint's student, the one they were trained with")
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -200,6 +209,9 @@ def format_table(run_dir: Path, cfg: DictConfig, a: dict[str, Any], notes: list[
         gap = a["teacher_train_top1"] - a["teacher_test_top1"]
         lines.append(f"  {'teacher':8} {f(a['teacher_train_top1']):>11} {f(a['teacher_test_top1']):>10} "
                      f"{f(gap):>6} {f(a['teacher_ece']):>6} {f(a['teacher_overconfidence'], '+.2f'):>8}")
+    if a["projected_logits_test_top1"] is not None:
+        lines.append(f"  logit projector's output (Linear(logits), dropped at test time), test top-1: "
+                     f"{f(a['projected_logits_test_top1'])}")
     if a["student_cos_distance"] is not None:
         lines.append(f"  student feature, 1 - cos to teacher: {f(a['student_cos_distance'], '.4f')}")
     if a["projector_cka"] is not None:

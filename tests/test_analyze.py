@@ -94,6 +94,24 @@ def test_the_fused_analysis_equals_the_second_pass(runs: dict[str, Any]) -> None
             assert a == b, key
 
 
+def test_the_logit_projectors_own_top1_beside_the_raw_logits(runs: dict[str, Any], tmp_path: Path) -> None:
+    """KD with the official code's logit projector: the run is evaluated on its raw logits, and analysis.json adds
+    the top-1 of Linear(logits), the head only the KD term reads -- the same from the final evaluation and from
+    pekd.analyze's pass over the checkpoint's projector; PEFD has none to measure."""
+    run = tmp_path / "kd_proj"
+    [(rc, err)] = train(TINY + ["method=kd", "method.logit_projector=true", "teacher.name=resnet8",
+                                "teacher.mode=online", f"teacher.weights={runs['teacher'] / 'student.pt'}",
+                                "trainer.epochs=1", "trainer.milestones=[5]", "trainer.analyze=true", f"run_dir={run}"])
+    assert rc == 0, err
+    fused = analysis(run)
+    main([str(run), "--quiet"])
+    second = analysis(run)
+    assert 0 <= fused["projected_logits_test_top1"] <= 100
+    assert fused["projected_logits_test_top1"] == pytest.approx(second["projected_logits_test_top1"], abs=1e-9)
+    assert fused["student_test_top1"] == pytest.approx(results(run)["last_top1"], abs=1e-9)
+    assert runs["fused"]["projected_logits_test_top1"] is None
+
+
 def test_runs_sharing_a_teacher_reuse_its_outputs_exactly(runs: dict[str, Any], tmp_path: Path) -> None:
     """One invocation over a sweep runs the teacher once per set; the second run reads it from the cache."""
     main([str(runs["student"]), "--quiet"])

@@ -1,5 +1,6 @@
 """The study end to end at toy size (digits): teacher, banks, students along two budgets, stopped mid-way,
-resumed by the same command, and reported along data.subset."""
+resumed by the same command, and reported along data.subset; and the plan of its other axes (teacher seeds,
+splits, epochs), which reuses the same code, from the command line alone."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pekd.science.study_plan import cells, plan, report_options
+from pekd.study import main, parse_args, run_dir_of
 from tests.train_helpers import REPO, env_for
-
-pytestmark = pytest.mark.slow
 
 
 def study_command(out: Path) -> list[str]:
@@ -36,6 +37,7 @@ def in_session(sid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_toy_study_stops_resumes_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "study"
     log = (tmp_path / "first.log").open("w")
@@ -77,3 +79,47 @@ def test_toy_study_stops_resumes_and_reports(tmp_path: Path) -> None:
     third = subprocess.run(study_command(out), cwd=REPO, env=env_for(0, 1, 0), capture_output=True, text=True,
                            timeout=900)
     assert third.returncode == 0 and "8 completed" in third.stdout and "student runs to train" not in third.stdout
+
+
+def test_every_cell_is_a_folder_named_by_what_differs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Teacher seeds x splits x subsets x epochs: the first study's cell keeps its folders (teacher, split0,
+    subsetN), every other names its teacher seed, split and epochs; a bank per teacher, split and subset; the
+    report goes along every axis that varies, by the test asked for."""
+    args = parse_args(["--data", "digits", "--out", str(tmp_path), "--subsets", "256", "--epochs", "24,96",
+                       "--split-seeds", "0,1", "--teacher-seeds", "0,1", "--methods", "fd,kd_proj", "--seeds", "2",
+                       "--test", "perm"])
+    args.out = tmp_path
+    runs = plan(args)
+    assert len(cells(args)) == 8 and len(runs) == 8 * 2 * 2
+    dirs = {str(run_dir_of(r).relative_to(tmp_path)) for _, r in runs}
+    assert {"subset256/fd/seed0", "subset256-epochs96/kd_proj/seed1", "split1/subset256/fd/seed0",
+            "teacher-seed1/split1/subset256-epochs96/fd/seed1"} <= dirs
+    cfg = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in next(r for c, r in runs if c.teacher_seed and c.split_seed
+                                                                 and c.epochs == 96)}
+    assert cfg["teacher.weights"] == str(tmp_path / "teacher-seed1" / "student.pt")
+    assert cfg["teacher.bank"] == str(tmp_path / "banks" / "teacher-seed1" / "split1" / "subset256")
+    assert (cfg["data.split_seed"], cfg["trainer.epochs"], cfg["trainer.milestones"]) == ("1", "96", "[57,81]")
+    options = report_options(vars(args))
+    assert options[:6] == ["--along", "trainer.epochs", "--along", "data.split_seed", "--along", "teacher.weights"]
+    assert options[-2:] == ["--test", "perm"] and "KD T=4 + logit projector>KD T=4" not in options
+    # the first study's study.json (one epochs and split as numbers, no test) gives its committed options
+    assert report_options({"methods": ["ce", "fd", "pefd_q1", "pefd_q3"], "subsets": [500, 2000], "epochs": 24,
+                           "split_seed": 0}) == ["--along", "data.subset", "--compare", "PEFD q=1>FD no projector",
+                                                 "--compare", "PEFD q=3>PEFD q=1", "--compare", "PEFD q=1>CE",
+                                                 "--test", "t"]
+    main(["--data", "digits", "--out", str(tmp_path), "--subsets", "256", "--epochs", "24,96", "--dry-run"])
+    assert "subset256-epochs96 -> 384" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "24,x"], "--epochs '24,x': give a comma list of whole numbers"),
+    (["--split-seeds", "0,0"], "must be distinct"),
+    (["--epochs", "0"], "--subsets and --epochs must be positive"),
+    (["--teacher", "t.pt", "--teacher-seeds", "0,1"], "give one or the other"),
+])
+def test_bad_options_are_one_error_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--dry-run", *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: " in err[-1] and message in err[-1], err

@@ -23,7 +23,8 @@ MECHANISM = {"train_test_gap": ("train − test gap (points)", 2), "student_cka"
              "projector_cka": ("projector CKA", 3), "student_ece": ("student ECE (%)", 2),
              "student_overconfidence": ("overconfidence (points)", 2),
              "projector_dead_fraction": ("dead projector units (fraction)", 3),
-             "projector_cos_distance": ("projection 1 − cos", 4), "student_cos_distance": ("student 1 − cos", 4)}
+             "projector_cos_distance": ("projection 1 − cos", 4), "student_cos_distance": ("student 1 − cos", 4),
+             "projected_logits_test_top1": ("projected logits top-1 (%)", 2)}
 
 
 @dataclass

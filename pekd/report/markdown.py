@@ -11,7 +11,7 @@ from pekd.report.along import MECHANISM, Point
 from pekd.report.runs import METRICS, VERDICT_METRIC, Run
 from pekd.teacher.bank_views import config_note
 
-NEWER = ("projector_dead_fraction", "projector_cos_distance", "student_cos_distance")
+NEWER = ("projector_dead_fraction", "projector_cos_distance", "student_cos_distance", "projected_logits_test_top1")
 
 
 def _ci(s: dict[str, Any], digits: int = 2) -> str:
@@ -112,7 +112,9 @@ def markdown(root: Path, pts: list[Point], keys: list[str], flagged: list[Run], 
                   "confidence minus accuracy; dead projector units: the fraction of a projector's output units that "
                   "no test image activates (mean over the projectors); 1 − cos: the final alignment with the "
                   "teacher's feature on the test set (the projection's, and the student's own where the sizes "
-                  "match).", "",
+                  "match)." + (" Projected logits top-1: the test accuracy of KD's logit projector's output "
+                               "(Linear(logits), which only the KD term reads; the run is evaluated on the raw "
+                               "logits beside it)." if "projected_logits_test_top1" in shown else ""), "",
                   f"| run |{head} seeds analysed | " + " | ".join(h for h, _ in shown.values()) + " |",
                   f"|---|{bar}---:|" + "---:|" * len(shown)]
         for p, m in mech:

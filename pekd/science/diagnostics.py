@@ -19,21 +19,24 @@ from torch import nn
 from pekd.metrics import Calibration, CosineDistance, DeadUnits, LinearCKA
 
 KEYS = ("weights", "n_train", "n_test", "eval_set", "train_set", "student_train_top1", "student_test_top1",
-        "train_test_gap", "student_cka", "projector_cka", "student_cos_distance", "projector_cos_distance",
-        "projector_dead_fraction", "projector_dead_fractions", "student_ece", "student_overconfidence",
-        "teacher_train_top1", "teacher_test_top1", "teacher_ece", "teacher_overconfidence", "test_pass",
-        "pekd_version")
+        "projected_logits_test_top1", "train_test_gap", "student_cka", "projector_cka", "student_cos_distance",
+        "projector_cos_distance", "projector_dead_fraction", "projector_dead_fractions", "student_ece",
+        "student_overconfidence", "teacher_train_top1", "teacher_test_top1", "teacher_ece", "teacher_overconfidence",
+        "test_pass", "pekd_version")
 
 
 @dataclass
 class Models:
     """What one run analyses. projector_student is the checkpoint's own student when it is not the analysed one:
-    the projectors were trained against it, so their CKA is measured on its features."""
+    the projectors were trained against it, so their CKA is measured on its features. logit_projector: KD's
+    Linear(logits) (method.logit_projector=true), dropped at test time like PEFD's projectors; its output's own
+    top-1 says whether the distilled signal reached a head that is never evaluated."""
 
     student: nn.Module
     teacher: nn.Module | None = None
     projector: nn.Module | None = None
     projector_student: nn.Module | None = None
+    logit_projector: nn.Module | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -42,6 +45,7 @@ class Meters:
     """One pass's accumulators; the feature ones stay empty on the training set."""
 
     student: Calibration = field(default_factory=Calibration)
+    projected: Calibration = field(default_factory=Calibration)  # Linear(student logits), KD's logit projector
     teacher: Calibration = field(default_factory=Calibration)
     student_cka: LinearCKA = field(default_factory=LinearCKA)
     projector_cka: LinearCKA = field(default_factory=LinearCKA)
@@ -81,6 +85,9 @@ def observe(m: Meters, models: Models, x: torch.Tensor, labels: torch.Tensor, in
     """One batch into the meters; features=False skips everything but top-1 and calibration (the train pass)."""
     feat_s, logits_s = feat_s.float(), logits_s.float()
     m.student.update(logits_s, labels)
+    if features and models.logit_projector is not None:
+        own = models.projector_student(x)[1].float() if models.projector_student is not None else logits_s
+        m.projected.update(models.logit_projector(own).float(), labels)
     if models.teacher is None:
         return
     if cached is not None:
@@ -115,6 +122,7 @@ def results(test: Meters, train: Meters, models: Models, weights: str, eval_set:
         "weights": weights, "n_train": train.student.n, "n_test": test.student.n,
         "eval_set": eval_set, "train_set": train_set,
         "student_train_top1": train.student.top1(), "student_test_top1": test.student.top1(),
+        "projected_logits_test_top1": test.projected.top1() if models.logit_projector is not None else None,
         "train_test_gap": train.student.top1() - test.student.top1(),
         "student_cka": test.student_cka.value() if has_t else None,
         "projector_cka": test.projector_cka.value() if has_p else None,

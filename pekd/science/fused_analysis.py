@@ -46,7 +46,8 @@ class FinalEvalAnalysis:
             teacher = build_model(cfg.teacher.name, train_src.num_classes, train_src.in_chans)
             load_weights(teacher, str(cfg.teacher.weights))
             teacher.to(device, memory_format=memory_format).eval()
-        self.models = Models(module.student, teacher, getattr(module.method, "projector", None))
+        self.models = Models(module.student, teacher, getattr(module.method, "projector", None),
+                             logit_projector=getattr(module.method, "logit_projector", None))
         self.caches = {split: teacher_cache(cfg, src, split) if teacher is not None else None
                        for split, src in (("test", test_src), ("train", train_src))}
         self.meters: Meters | None = None
