@@ -91,10 +91,16 @@ def test_bank_views_replay_the_same_view_across_epochs():
     assert np.array_equal(bank_view_ids(5, 0, idx, k), a.view)
 
 
-def test_eval_box_is_resize_then_center_crop():
-    v = EvalRecipe(224, 256).views(0, np.arange(2), np.array([375, 256]), np.array([500, 256]))
-    assert v.box(0) == (24, 86, 328, 328)  # 224 * 375 / 256 = 328.1, centered
-    assert v.box(1) == (16, 16, 224, 224)
+def test_eval_is_resize_then_center_crop():
+    """torchvision's Resize(256) sizes (the longer side truncated), then CenterCrop(224)'s box of the resized image
+    (offsets rounded half to even); tests/test_eval_transform.py checks the pixels against torchvision's own."""
+    r = EvalRecipe(224, 256)
+    heights, widths = r.resized(np.array([375, 500, 256, 64]), np.array([500, 375, 256, 100]))
+    assert heights.tolist() == [256, 341, 256, 256] and widths.tolist() == [341, 256, 256, 400]
+    v = r.views(0, np.arange(4), heights, widths)
+    assert [v.box(i) for i in range(4)] == [(16, 58, 224, 224), (58, 16, 224, 224), (16, 16, 224, 224),
+                                            (16, 88, 224, 224)]
+    assert r.resamples(375, 500) and not r.resamples(256, 300) and not EvalRecipe(224).resamples(375, 500)
     with pytest.raises(PekdError, match="eval_resize"):
         EvalRecipe(224, 200)
     with pytest.raises(PekdError, match="augment"):

@@ -11,8 +11,10 @@ feed; only a pass cut short (its prefetched batches belong to it) or failed cost
 
 Views need each image's size before DALI decodes it; the feed reads it from the file header with PIL (no
 pixels are decoded), which also catches files that are not images at all before DALI sees them.
-Train views that lie inside the image (RandomResizedCrop, resized eval crops) use `decoders.image_slice`, which
-decodes only the window's rows; pad-crops decode whole images and `fn.slice` pads with zeros.
+Train views that lie inside the image (RandomResizedCrop) use `decoders.image_slice`, which decodes only the
+window's rows; pad-crops decode whole images and `fn.slice` pads with zeros. Evaluation with a resize does as
+torchvision: the whole image resized to EvalRecipe.resized (DALI's antialiased linear resize), then the center
+crop cut from it.
 """
 
 from __future__ import annotations
@@ -54,13 +56,17 @@ def dali_reason(e: Exception) -> str:
 
 def windows_inside(recipe: Recipe) -> bool:
     """Whether every view of this recipe lies inside its image, so image_slice's ROI decode can be used."""
-    if isinstance(recipe, TrainRecipe):
-        return recipe.augment == "imagenet"
+    return isinstance(recipe, TrainRecipe) and recipe.augment == "imagenet"
+
+
+def resizes_first(recipe: Recipe) -> bool:
+    """Whether the whole image is resized before its view is cut (evaluation's Resize then CenterCrop)."""
     return isinstance(recipe, EvalRecipe) and recipe.resize > 0
 
 
 class Feed:
-    """One pass of micro-batches for external_source: encoded bytes (or arrays), windows, flips, ids.
+    """One pass of micro-batches for external_source: encoded bytes (or arrays), windows, flips, ids -- and where
+    the recipe `resizes_first`, the size to resize each image to before its window (of the resized image) is cut.
 
     Files whose header PIL cannot read are left out of their batch and listed in `corrupt`; `skip` holds files
     to leave out because DALI failed on them earlier in this pass.
@@ -97,16 +103,22 @@ class Feed:
             idx = np.asarray(keep, dtype=np.int64)
             hs = np.asarray([h for _, h, _ in items], dtype=np.int64)
             ws = np.asarray([w for _, _, w in items], dtype=np.int64)
+            first = resizes_first(self.recipe)
+            if first:
+                assert isinstance(self.recipe, EvalRecipe)
+                hs, ws = self.recipe.resized(hs, ws)
             v = self.recipe.views(self.epoch, idx, hs, ws)
             anchor = np.stack([v.top, v.left], 1).astype(np.float32)
             shape = np.stack([v.height, v.width], 1).astype(np.float32)
             yield ([d for d, _, _ in items], list(anchor), list(shape), list(v.flip.astype(np.int32)),
-                   list(self.source.labels[idx][:, None]), list(idx[:, None]), list(v.view[:, None]))
+                   list(self.source.labels[idx][:, None]), list(idx[:, None]), list(v.view[:, None]),
+                   *([list(np.stack([hs, ws], 1).astype(np.float32))] if first else []))
 
 
 def build_pipeline(feed: Feed, *, batch_size: int, workers: int, device: str, encoded: bool,
-                   inside: bool, size: int, gray: bool) -> Any:
-    """A DALI pipeline over `feed`: decode (CPU or mixed), crop the window, resize to size, flip, CHW uint8."""
+                   inside: bool, first: bool, size: int, gray: bool) -> Any:
+    """A DALI pipeline over `feed`: decode (CPU or mixed), crop the window, resize to size, flip, CHW uint8; with
+    `first`, resize the whole image to the fed size, then crop the window (of the output's size)."""
     from nvidia.dali import fn, pipeline_def, types
 
     # mixed decodes on this process's own GPU (pekd.engine.distributed selected it from LOCAL_RANK): device 0 on
@@ -114,21 +126,28 @@ def build_pipeline(feed: Feed, *, batch_size: int, workers: int, device: str, en
     @pipeline_def(batch_size=batch_size, num_threads=max(1, workers), prefetch_queue_depth=PREFETCH,
                   device_id=torch.cuda.current_device() if device == "mixed" else None)
     def pipe():
-        data, anchor, shape, flip, labels, index, view = fn.external_source(
-            source=feed, num_outputs=7, batch=True, cycle="raise",
-            dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64, types.INT64, types.INT64])
+        dtype = [types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64, types.INT64, types.INT64]
+        if first:
+            dtype.append(types.FLOAT)  # the size to resize to first: fed only where used (DALI warns otherwise)
+        data, anchor, shape, flip, labels, index, view, *resized = fn.external_source(
+            source=feed, num_outputs=len(dtype), batch=True, cycle="raise", dtype=dtype)
         window = {"axis_names": "HW", "normalized_anchor": False, "normalized_shape": False}
         out_type = types.GRAY if gray else types.RGB
         decode = {"device": device, "output_type": out_type, "adjust_orientation": False,
                   "jpeg_fancy_upsampling": True}  # as torchvision: no EXIF rotation, libjpeg's upsampling
-        if not encoded:
+        linear = {"antialias": True, "interp_type": types.INTERP_LINEAR}
+        if first:
+            images = fn.decoders.image(data, **decode) if encoded else data
+            images = fn.slice(fn.resize(images, size=resized[0], **linear), anchor, shape, **window)
+        elif not encoded:
             images = fn.slice(data, anchor, shape, out_of_bounds_policy="pad", fill_values=0, **window)
         elif inside:
             images = fn.decoders.image_slice(data, anchor, shape, **window, **decode)
         else:
             images = fn.slice(fn.decoders.image(data, **decode), anchor, shape, out_of_bounds_policy="pad",
                               fill_values=0, **window)
-        images = fn.resize(images, size=[size, size], antialias=True, interp_type=types.INTERP_LINEAR)
+        if not first:
+            images = fn.resize(images, size=[size, size], **linear)
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=types.UINT8, output_layout="CHW")
         return images, labels, index, view
 
@@ -162,6 +181,7 @@ class DaliPasses:
             return self.iterator
         pipe = build_pipeline(self.feed, batch_size=self.batch_size, workers=self.workers, device=self.device,
                               encoded=self.source.paths is not None, inside=windows_inside(self.recipe),
+                              first=resizes_first(self.recipe),
                               size=self.recipe.size, gray=self.source.in_chans == 1)
         # The feed ends the pass with StopIteration, so every batch is exactly what it fed: PARTIAL states that
         # no sample is padded or dropped (size=-1 leaves the policy nothing to trim).

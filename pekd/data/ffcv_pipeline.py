@@ -6,7 +6,9 @@ Order: a TraversalOrder hands FFCV this rank's flat index list from `rank_micro_
 Views: FFCV's RandomResizedCrop decoder draws from numba's global RNG, which cannot be replayed. Here a jitted
 decoder only decodes each record into a scratch buffer; the next, non-jitted operation asks pekd.data.views for
 the batch's crop boxes and flips (it knows the record ids and the current epoch), then crops (zero outside the
-image), resizes with OpenCV's INTER_AREA (as FFCV's own decoders do) and flips, on a thread pool.
+image), resizes with OpenCV's INTER_AREA (as FFCV's own decoders do) and flips, on a thread pool. Evaluation with
+a resize does as torchvision: the whole image resized to EvalRecipe.resized (INTER_AREA), then the center crop
+cut from it.
 
 The .beton stores each record's source index and original size: views are drawn in original-image pixels,
 exactly as the torch pipeline does, and scaled to the stored image when write_dataset downscaled it.
@@ -38,7 +40,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from pekd.data.batch import Batch
 from pekd.data.order import Plan, epoch_permutation, eval_shard, rank_micro_batches, steps_per_epoch
 from pekd.data.sources import Source
-from pekd.data.views import Recipe
+from pekd.data.views import EvalRecipe, Recipe
 from pekd.errors import PekdError
 
 FIELDS = ("image", "label", "index", "height", "width")  # height/width: of the original image
@@ -91,11 +93,20 @@ def beton_settings(path: str) -> str:
     return ", ".join(f"{k}={found.get(k)}" for k in ("write_mode", "jpeg_quality", "max_resolution"))
 
 
-def crop_resize_flip(image: np.ndarray, box: np.ndarray, flip: bool, out: np.ndarray) -> None:
-    """Crop image (H x W x 3) to box = (top, left, h, w), zeros outside, resize into out (INTER_AREA), flip.
+def crop_resize_flip(image: np.ndarray, box: np.ndarray, flip: bool, out: np.ndarray,
+                     first: np.ndarray | None = None) -> None:
+    """Crop image (H x W x 3) to box = (top, left, h, w), zeros outside, resize into out (INTER_AREA), flip;
+    `first` = (height, width): resize the whole image to it before cropping (evaluation's Resize), with INTER_AREA
+    when it shrinks and INTER_LINEAR when it enlarges: of OpenCV's kernels, the nearest to torchvision's antialiased
+    bilinear each way (INTER_AREA enlarging a 64 px image to 256 differs from it by up to 21 grey levels, INTER_LINEAR
+    by 1; shrinking, INTER_LINEAR does not antialias).
 
     OpenCV releases the GIL, so a thread pool runs these in parallel without compiling anything.
     """
+    if first is not None and tuple(first) != image.shape[:2]:
+        shrinks = first[0] * first[1] < image.shape[0] * image.shape[1]
+        image = cv2.resize(image, (int(first[1]), int(first[0])),
+                           interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
     top, left, height, width = (int(x) for x in box)
     h, w = image.shape[:2]
     r0, r1, c0, c1 = max(top, 0), min(top + height, h), max(left, 0), min(left + width, w)
@@ -163,13 +174,18 @@ class ApplyViews(Operation):
             oh, ow = self.orig_heights[idx], self.orig_widths[idx]
             sh = self.metadata["height"][idx].astype(np.int64)
             sw = self.metadata["width"][idx].astype(np.int64)
+            images = [scratch[k][:sh[k] * sw[k] * 3].reshape(sh[k], sw[k], 3) for k in range(len(idx))]
+            first = None
+            if isinstance(self.recipe, EvalRecipe) and self.recipe.resize:  # views of the resized image
+                oh, ow = sh, sw = self.recipe.resized(oh, ow)
+                first = np.stack([sh, sw], 1)
             v = self.recipe.views(self.epoch, idx, oh, ow)
             fy, fx = sh / oh, sw / ow  # 1 unless write_dataset downscaled the image
             boxes = np.stack([np.floor(v.top * fy + 0.5), np.floor(v.left * fx + 0.5),
                               np.maximum(np.round(v.height * fy), 1), np.maximum(np.round(v.width * fx), 1)],
                              axis=1).astype(np.int64)
-            images = [scratch[k][:sh[k] * sw[k] * 3].reshape(sh[k], sw[k], 3) for k in range(len(idx))]
-            list(self.pool.map(crop_resize_flip, images, boxes, v.flip, out[:len(idx)]))
+            list(self.pool.map(crop_resize_flip, images, boxes, v.flip, out[:len(idx)],
+                               [None] * len(idx) if first is None else first))
             return out[:len(idx)]
 
         apply.with_indices = True

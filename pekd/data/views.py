@@ -226,10 +226,13 @@ class TrainRecipe:
 
 @dataclass(frozen=True)
 class EvalRecipe:
-    """Evaluation: resize the shorter side to `resize` then center-crop `size` (resize 0: center-crop only).
+    """Evaluation: torchvision's Resize(resize) then CenterCrop(size) (resize 0: the center crop only).
 
-    Expressed as one centered box of side size * shorter / resize in the original image, resized to size: the
-    same pixels as Resize + CenterCrop up to rounding, and a single box every backend can apply.
+    A pipeline first resizes the whole image to `resized` (shorter side `resize`, antialiased bilinear), then cuts
+    the centered size x size box that `views` gives of the resized image. Two steps, not one box of the original
+    resized once: no single box reproduces them (the kernel of the resize of the whole image reaches past the crop
+    and its scale is resize / shorter, not size / box), and that shortcut moved pixels by up to 28 grey levels
+    (tests/test_eval_transform.py) -- more than an ImageNet comparison of tenths of a point can ignore.
     """
 
     size: int
@@ -240,19 +243,23 @@ class EvalRecipe:
             raise PekdError(f"data.eval_resize={self.resize} is smaller than data.image_size={self.size}; "
                             "the center crop must fit in the resized image (ImageNet: 256 and 224)")
 
-    def resamples(self, height: int, width: int) -> bool:
-        return bool(self.resize) and self._side(np.array([min(height, width)]))[0] != self.size
-
-    def _side(self, short: np.ndarray) -> np.ndarray:
-        """The side of the centered box in an image of shorter side `short`: size * short / resize, at least 1."""
-        return np.maximum(np.round(short * self.size / self.resize), 1).astype(np.int64)
-
-    def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
+    def resized(self, heights: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's size after Resize(resize), by torchvision's rule: the shorter side becomes `resize`, the
+        longer int(resize * longer / shorter) (truncated); unchanged when resize is 0."""
         heights = np.asarray(heights, dtype=np.int64)
         widths = np.asarray(widths, dtype=np.int64)
-        side: np.ndarray | int = self.size
-        if self.resize:
-            side = self._side(np.minimum(heights, widths))
+        if not self.resize:
+            return heights, widths
+        short, long = np.minimum(heights, widths), np.maximum(heights, widths)
+        long = (self.resize * long / short).astype(np.int64)
+        return np.where(heights <= widths, self.resize, long), np.where(heights <= widths, long, self.resize)
+
+    def resamples(self, height: int, width: int) -> bool:
+        """Whether images of height x width are resized before the crop (the crop itself is never resized)."""
+        return bool(self.resize) and min(height, width) != self.resize
+
+    def views(self, epoch: int, index: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Views:
+        """The center crops of images of these sizes -- with a resize, of the images as `resized` made them."""
         n = len(np.atleast_1d(index))
-        return Views(*center_boxes(heights, widths, side), flip=np.zeros(n, dtype=bool),
-                     view=np.zeros(n, dtype=np.int64))
+        return Views(*center_boxes(np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64),
+                                   self.size), flip=np.zeros(n, dtype=bool), view=np.zeros(n, dtype=np.int64))
