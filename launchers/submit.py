@@ -7,8 +7,9 @@
 (`pekd-submit` and, in a checkout, `python launchers/submit.py` are the same command.)
 
 One task per GPU (--gpus per node x --nodes); on CPU-only clusters --gpus 0 runs --tasks-per-node tasks per
-node over gloo. Every run gets a run directory fixed now and named by its content (the config's name and hash;
-a sweep's folder by its fixed overrides and swept keys), so a job that is preempted, times out or crashes is
+node over gloo. --runs-per-gpu K packs K single-process runs of a sweep onto each GPU instead, one array task per
+pack (pekd.cluster.packing). Every run gets a run directory fixed now and named by its content (the config's name
+and hash; a sweep's folder by its fixed overrides and swept keys), so a job that is preempted, times out or crashes is
 requeued and resumes there (pekd.cluster.launch), and the same command typed again maps to the same directories and
 resumes them. Every check that can fail - the overrides, the partition, the folder, an existing run
 directory - runs before anything is submitted.
@@ -32,6 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.cluster.launch_guard import drop_busy
+from pekd.cluster.packing import PackedJob, check_args, describe, packs, runs_per_task
 from pekd.cluster.sbatch import DEFAULT_ARRAY_PARALLELISM, ScriptPreview, gres_gpus, site_parameters, time_limit
 from pekd.cluster.submit_checks import (
     check_folder,
@@ -66,6 +68,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--gpus", type=int, default=1, help="GPUs per node, one task each; 0: CPU tasks over gloo")
     ap.add_argument("--tasks-per-node", type=int, default=1, help="tasks per node with --gpus 0")
+    ap.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                    help="pack K runs of a sweep onto each GPU (K processes of world size 1, under CUDA MPS where "
+                    "the node has it), --gpus x K runs per array task; with --gpus 0, K CPU runs per task. Each run "
+                    "keeps its run directory, requeue and report row (default 1: a task per run)")
     ap.add_argument("--cpus-per-gpu", type=int, help="CPUs per task (per GPU; per task with --gpus 0)")
     ap.add_argument("--mem-per-gpu", type=float, help="memory in GB per GPU (per task with --gpus 0)")
     ap.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
@@ -107,7 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="resubmit existing run directories with their own config.yaml (resources from here)")
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_intermixed_args(argv)
-    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node", "parallel", "array_parallelism"):
+    for name in ("nodes", "time", "max_requeues", "max_failures", "tasks_per_node", "parallel", "array_parallelism",
+                 "runs_per_gpu"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.gpus < 0:
@@ -237,7 +244,8 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
 
     from pekd.cluster.launch import batch_teardown
 
-    tasks_per_node = args.gpus if args.gpus > 0 else args.tasks_per_node
+    packed = args.runs_per_gpu > 1  # one task holds all the node's GPUs and starts the runs itself
+    tasks_per_node = 1 if packed else args.gpus if args.gpus > 0 else args.tasks_per_node
     # One folder per SLURM job. Not for --local: submitit's local controller creates its folder unformatted, which
     # left an empty literal `submitit/%j` beside the runs; a local job's files are named by its id anyway.
     folder = args.folder.resolve() / "submitit" / ("" if args.local else "%j")
@@ -255,7 +263,7 @@ def make_executor(args: argparse.Namespace, job_name: str) -> Any:
     if args.gpus > 0 and gres_count is None:
         params["gpus_per_node"] = args.gpus
     if args.cpus_per_gpu:
-        params["cpus_per_task"] = args.cpus_per_gpu
+        params["cpus_per_task"] = args.cpus_per_gpu * (max(args.gpus, 1) if packed else 1)
     if not args.local:
         params |= {"nodes": args.nodes, "slurm_signal_delay_s": args.signal_delay,
                    "slurm_srun_args": ["--kill-on-bad-exit=1"],
@@ -285,7 +293,8 @@ def sbatch_script(executor: Any, n_jobs: int) -> str:
 
 
 def write_launch_record(folder: Path, job_ids: list[str], runs: list[PlannedRun], argv: list[str]) -> Path:
-    """launches/<job id>.json under the run root: lets pekd.report flag runs that never wrote anything."""
+    """launches/<job id>.json under the run root: lets pekd.report flag runs that never wrote anything. job_ids
+    names each run's job: the runs of a pack share their array task's."""
     record = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": argv,
               "runs": [{"job_id": j, "run_dir": str(r.run_dir), "overrides": r.overrides}
                        for j, r in zip(job_ids, runs, strict=True)]}
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None) -> list[Any]:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    check_args(args)
     check_gpu_build(args.gpus)
     runs, tb_dir, job_name = plan_runs(args)
     check_inputs([r.cfg for r in runs], waits=bool(args.after or args.dependency))
@@ -340,13 +350,17 @@ def main(argv: list[str] | None = None) -> list[Any]:
     if args.after and args.dry_run:
         unchecked.append(f"that job(s) {', '.join(args.after)} exist: sbatch checks the dependency at submission")
     executor = make_executor(args, job_name)
+    per_task = runs_per_task(args) if args.runs_per_gpu > 1 else 1
     if args.dry_run:
         for line in unchecked:
             print(f"# not checked: {line}")
-        for r in runs:
-            print(f"# run {r.run_dir}: {' '.join(r.overrides)}")
+        if per_task > 1:
+            print("\n".join(describe(packs(runs, per_task), args)))
+        else:
+            for r in runs:
+                print(f"# run {r.run_dir}: {' '.join(r.overrides)}")
         if not args.local:
-            print(sbatch_script(executor, len(runs)))
+            print(sbatch_script(executor, len(packs(runs, per_task))))
         return []
     done = {r.run_dir for r in runs if completed(r.run_dir)}
     for d in sorted(done):
@@ -360,14 +374,19 @@ def main(argv: list[str] | None = None) -> list[Any]:
         r.run_dir.mkdir(parents=True, exist_ok=True)
     if args.local:
         return run_here(executor, runs, args, argv, tb_dir)
+    groups = packs(runs, per_task)
     with executor.batch():
-        jobs = [executor.submit(TrainJob(r.cfg, args.max_failures)) for r in runs]
-    record = write_launch_record(args.folder, [j.job_id for j in jobs], runs, ["launchers/submit.py", *argv])
+        jobs = [executor.submit(PackedJob([r.cfg for r in group], args.gpus, args.runs_per_gpu, args.max_failures)
+                                if per_task > 1 else TrainJob(group[0].cfg, args.max_failures)) for group in groups]
+    job_ids = [job.job_id for job, group in zip(jobs, groups, strict=True) for _ in group]
+    record = write_launch_record(args.folder, job_ids, runs, ["launchers/submit.py", *argv])
     main_id = jobs[0].job_id.split("_")[0]
-    kind = f"job array {main_id} ({len(jobs)} runs)" if len(jobs) > 1 else f"job {main_id}"
-    print(f"submitted {kind}; record {record}")
-    for job, r in zip(jobs, runs, strict=True):
-        print(f"  {job.job_id}: {r.run_dir}")
+    kind = f"job {main_id}" if len(jobs) == 1 else f"job array {main_id}"
+    packing = f", {per_task} per task" if per_task > 1 else ""
+    counted = f" ({len(runs)} runs{packing})" if len(runs) > 1 else ""
+    print(f"submitted {kind}{counted}; record {record}")
+    for job_id, r in zip(job_ids, runs, strict=True):
+        print(f"  {job_id}: {r.run_dir}")
     print(f"follow:  tail -f {runs[0].run_dir / 'logs' / 'rank0.log'}\n"
           f"         tail -f {jobs[0].paths.stderr}\n"
           f"         tensorboard --logdir {tb_dir}\n"

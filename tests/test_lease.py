@@ -124,15 +124,14 @@ def test_a_run_directory_being_made_is_refused_for_its_owner_not_for_a_missing_c
 
 def test_a_job_failed_for_good_leaves_results_to_the_instance_that_holds_the_run(tmp_path: Path) -> None:
     """The batch script of a job that failed for good marks the run failed only while nobody else holds it."""
-    from pekd.cluster.launch import TrainJob
+    from pekd.cluster.launch import mark_failed
 
-    job = TrainJob(OmegaConf.create({"run_dir": str(tmp_path)}))
     (tmp_path / "results.json").write_text('{"status": "running", "lease_generation": 1}')
     assert plant(tmp_path, foreign_holder(1))  # a resubmission of the run is training
-    job._mark_failed("RuntimeError: boom", "12")
+    mark_failed(tmp_path, "RuntimeError: boom", "12")
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "running"
     assert plant(tmp_path, foreign_holder(2, age_s=61))  # nobody alive holds it
-    job._mark_failed("RuntimeError: boom", "12")
+    mark_failed(tmp_path, "RuntimeError: boom", "12")
     results = json.loads((tmp_path / "results.json").read_text())
     assert (results["status"], results["error"], results["lease_generation"]) == ("failed", "RuntimeError: boom", 1)
 

@@ -55,6 +55,7 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from pekd.engine.status import completed
 from pekd.errors import PekdError
 
 log = logging.getLogger("pekd")
@@ -116,7 +117,9 @@ class ExitRecord:
     """How this start of the job ended, as the first task to fail (or submitit's requeue) saw it; read by the batch
     script after srun (see the module docstring)."""
 
-    kind: str  # crash | user (a PekdError) | preempted (submitit's signal handler is requeueing the job)
+    # crash | user (a PekdError) | preempted (submitit's signal handler is requeueing the job) | failed (runs of a
+    # packed task failed, each marked failed in its results.json: pekd.cluster.packing)
+    kind: str
     rank: int
     error: str = ""  # failure_summary() of the exception
     details: str = ""  # its traceback
@@ -189,19 +192,81 @@ def failure_summary(error: BaseException) -> str:
     return f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')[:300]}"
 
 
-class TrainJob(submitit.helpers.Checkpointable):
+class RequeuedJob(submitit.helpers.Checkpointable):
+    """What every pekd job does beyond training: say how a start ended, and the batch script's verdict after a
+    failed srun (requeue a crash until it stops making progress, then mark its runs failed). TrainJob trains one run
+    in every task; pekd.cluster.packing's PackedJob several runs in one task."""
+
+    max_failures: int
+
+    def run_dirs(self) -> list[Path]:
+        """The run directories of the job, whose checkpoints are its progress and whose results.json say it failed."""
+        raise NotImplementedError
+
+    def after_srun(self, status: int) -> None:
+        """The batch script's verdict on a start whose srun failed with `status` (every task has ended): requeue
+        after a crash unless the job keeps crashing without progress."""
+        env = submitit.JobEnvironment()
+        folder = env.paths.folder
+        record = ExitRecord.load(folder)
+        for stale in folder.glob(EXIT_RECORD_GLOB):  # this start's, and any of a start killed before it got here
+            stale.unlink(missing_ok=True)
+        if record is not None and record.kind != "crash":
+            return  # a user error or failed packed runs fail the job as it is; after a preemption, submitit requeued it
+        run_dirs = self.run_dirs()
+        _log_from_batch_script(run_dirs)
+        if record is None:  # every failed task was killed before it could say why (or srun itself failed)
+            summary, details = f"no task raised an error ({srun_status_text(status)})", ""
+        else:
+            # A killed task is news even next to a recorded error, which may be a peer's echo of that kill.
+            summary = f"rank {record.rank}: {record.error}" + (f" ({srun_status_text(status)})" if status > 128
+                                                                else "")
+            details = record.details
+        step = sum(newest_checkpoint_step(d) for d in run_dirs)
+        count = self._failures().add(step, summary)
+        if count >= self.max_failures:
+            log.error("job %s crashed %d times in a row without a new checkpoint (newest: step %d), last with %s; "
+                      "not requeueing\n%s", env.job_id, count, step, summary, details)
+            for run_dir in run_dirs:
+                if not completed(run_dir):
+                    mark_failed(run_dir, summary, env.job_id)
+            return
+        log.error("job %s crashed (%d of at most %d times without a new checkpoint): %s; requeueing\n%s",
+                  env.job_id, count, self.max_failures, summary, details)
+        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
+
+    def _record_exit(self, kind: str, error: BaseException | None = None) -> bool:
+        """Under SLURM: say how this task's start ends, for the batch script (the first task's word counts).
+        False elsewhere, where no batch script follows."""
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return False
+        env = submitit.JobEnvironment()
+        record = ExitRecord(kind, env.global_rank)
+        if error is not None:
+            record.error, record.details = failure_summary(error), traceback.format_exc()
+        first = record.claim(env.paths.folder)
+        if kind == "crash":
+            log.error("rank %d failed: %s; %s", record.rank, record.error,
+                      "the job's batch script decides whether to requeue" if first else
+                      "another task failed first (its error is the job's)")
+        return True
+
+    def _failures(self) -> FailureRecord:
+        return FailureRecord.load(submitit.JobEnvironment().paths.folder / FAILURES_FILE)
+
+
+class TrainJob(RequeuedJob):
     """One training run; the same object is run by every task of the job and resubmitted on requeue."""
 
     def __init__(self, cfg: DictConfig, max_failures: int = 3) -> None:
         self.cfg = cfg
         self.max_failures = max_failures
 
+    def run_dirs(self) -> list[Path]:
+        return [Path(str(self.cfg.run_dir))]
+
     def resumable_cfg(self) -> DictConfig:
-        """The config for a restart: always resume (on_existing=overwrite on a restart would move the run's
-        own checkpoints aside, and =fail would refuse them)."""
-        cfg = self.cfg.copy()
-        OmegaConf.update(cfg, "on_existing", "resume")
-        return cfg
+        return resumable(self.cfg)
 
     def __call__(self) -> dict[str, Any]:
         from pekd.engine.distributed import shutdown
@@ -240,83 +305,41 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._record_exit("preempted")
         return submitit.helpers.DelayedSubmission(TrainJob(self.resumable_cfg(), self.max_failures))
 
-    def after_srun(self, status: int) -> None:
-        """The batch script's verdict on a start whose srun failed with `status` (every task has ended): requeue
-        after a crash unless the job keeps crashing without progress."""
-        env = submitit.JobEnvironment()
-        folder = env.paths.folder
-        record = ExitRecord.load(folder)
-        for stale in folder.glob(EXIT_RECORD_GLOB):  # this start's, and any of a start killed before it got here
-            stale.unlink(missing_ok=True)
-        if record is not None and record.kind != "crash":
-            return  # a user error fails the job as it is; after a preemption, submitit has requeued it
-        run_dir = Path(str(self.cfg.run_dir))
-        _log_from_batch_script(run_dir)
-        if record is None:  # every failed task was killed before it could say why (or srun itself failed)
-            summary, details = f"no task raised an error ({srun_status_text(status)})", ""
-        else:
-            # A killed task is news even next to a recorded error, which may be a peer's echo of that kill.
-            summary = f"rank {record.rank}: {record.error}" + (f" ({srun_status_text(status)})" if status > 128
-                                                                else "")
-            details = record.details
-        step = newest_checkpoint_step(run_dir)
-        count = self._failures().add(step, summary)
-        if count >= self.max_failures:
-            log.error("job %s crashed %d times in a row without a new checkpoint (newest: step %d), last with %s; "
-                      "not requeueing\n%s", env.job_id, count, step, summary, details)
-            self._mark_failed(summary, env.job_id)
-            return
-        log.error("job %s crashed (%d of at most %d times without a new checkpoint): %s; requeueing\n%s",
-                  env.job_id, count, self.max_failures, summary, details)
-        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60)
 
-    def _record_exit(self, kind: str, error: BaseException | None = None) -> bool:
-        """Under SLURM: say how this task's start ends, for the batch script (the first task's word counts).
-        False elsewhere, where no batch script follows."""
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            return False
-        env = submitit.JobEnvironment()
-        record = ExitRecord(kind, env.global_rank)
-        if error is not None:
-            record.error, record.details = failure_summary(error), traceback.format_exc()
-        first = record.claim(env.paths.folder)
-        if kind == "crash":
-            log.error("rank %d failed: %s; %s", record.rank, record.error,
-                      "the job's batch script decides whether to requeue" if first else
-                      "another task failed first (its error is the job's)")
-        return True
-
-    def _mark_failed(self, error: str, job_id: str) -> None:
-        """Say in the run directory that the run is over (pekd.report lists it as failed, with the error), keeping
-        what the last start recorded there -- unless another instance of the run (a resubmission) holds its lease
-        by now: the run is then its, and so is results.json."""
-        from pekd.engine.lease import live_holder
-        from pekd.engine.rundir import write_json
-
-        run_dir = Path(str(self.cfg.run_dir))
-        holder = live_holder(run_dir)
-        if holder is not None:
-            log.error("job %s failed for good, but %s is not marked failed: %s holds it now", job_id, run_dir,
-                      holder.describe())
-            return
-        path = run_dir / "results.json"
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            results = {}
-        write_json(path, {**results, "status": "failed", "error": error, "job_id": job_id})
-
-    def _failures(self) -> FailureRecord:
-        return FailureRecord.load(submitit.JobEnvironment().paths.folder / FAILURES_FILE)
+def resumable(cfg: DictConfig) -> DictConfig:
+    """A run's config for a restart: always resume (on_existing=overwrite on a restart would move the run's own
+    checkpoints aside, and =fail would refuse them)."""
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "on_existing", "resume")
+    return cfg
 
 
-def _log_from_batch_script(run_dir: Path) -> None:
-    """The batch script's verdict goes to its own stderr (submitit's log of task 0) and, once the run has logs, to
-    rank 0's log, where the run's story is read."""
+def mark_failed(run_dir: Path, error: str, job_id: str) -> None:
+    """Say in the run directory that the run is over (pekd.report and pekd status list it as failed, with the error),
+    keeping what the last start recorded there -- unless another instance of the run (a resubmission) holds its
+    lease by now: the run is then its, and so is results.json."""
+    from pekd.engine.lease import live_holder
+    from pekd.engine.rundir import write_json
+
+    holder = live_holder(run_dir)
+    if holder is not None:
+        log.error("job %s failed for good, but %s is not marked failed: %s holds it now", job_id, run_dir,
+                  holder.describe())
+        return
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        results = {}
+    write_json(path, {**results, "status": "failed", "error": error, "job_id": job_id})
+
+
+def _log_from_batch_script(run_dirs: list[Path]) -> None:
+    """The batch script's verdict goes to its own stderr (submitit's log of task 0) and, once a run has logs, to
+    its rank 0's log, where the run's story is read."""
     fmt = logging.Formatter("%(asctime)s [batch script] %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if (run_dir / "logs").is_dir():
-        handlers.append(logging.FileHandler(run_dir / "logs" / "rank0.log"))
+    handlers += [logging.FileHandler(d / "logs" / "rank0.log") for d in run_dirs if (d / "logs").is_dir()]
     for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)
