@@ -95,14 +95,17 @@ def normalised(batch: Batch) -> torch.Tensor:
 class OfficialStep:
     """One optimizer step of the published PEFD loop, re-created from its description (see the module doc)."""
 
-    def __init__(self, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, bookkeeping: bool) -> None:
+    def __init__(self, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, bookkeeping: bool,
+                 sync: bool = True) -> None:
+        """sync: wait for the device at the end of every step (latency); False leaves it to the caller, who times
+        several steps queued back to back as a training loop runs them (bench/host_overhead.py)."""
         torch.manual_seed(0)
         self.student = build_model(STUDENT, CLASSES).to(x.device)
         d_s, d_t = self.student.feature_dim, teacher.feature_dim
         self.projectors = nn.ModuleList(nn.Linear(d_s, d_t) for _ in range(Q)).to(x.device)
         params = list(self.student.parameters()) + list(self.projectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-        self.teacher, self.x, self.y, self.bookkeeping = teacher, x, y, bookkeeping
+        self.teacher, self.x, self.y, self.bookkeeping, self.sync = teacher, x, y, bookkeeping, sync
         self.meters: tuple[float, torch.Tensor, torch.Tensor] | None = None  # loss, top-1, top-5 of the last step
 
     def __call__(self) -> None:
@@ -126,7 +129,8 @@ class OfficialStep:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        synchronize(self.x.device)
+        if self.sync:
+            synchronize(self.x.device)
 
 
 def kl_div_t(logit_s: torch.Tensor, logit_t: torch.Tensor) -> torch.Tensor:
