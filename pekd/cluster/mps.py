@@ -63,3 +63,10 @@ def gpu_sharing(say: Callable[[str], None]) -> Iterator[dict[str, str]]:
         except (OSError, subprocess.TimeoutExpired) as e:
             say(f"MPS: the control daemon did not quit ({e}); it ends with the job")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_device(index: int, task_devices: list[str], mps_env: dict[str, str]) -> str:
+    """CUDA_VISIBLE_DEVICES for a run on the task's index-th GPU. A daemon started under CUDA_VISIBLE_DEVICES numbers
+    the GPUs it serves from 0 for its clients (NVIDIA's MPS docs: a client that keeps the daemon's '0,2' fails), so
+    under the task's own daemon a run names its GPU by position; otherwise by the name SLURM gave the task."""
+    return str(index) if PIPE_ENV in mps_env else task_devices[index]

@@ -42,7 +42,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from pekd.cluster.launch import RequeuedJob, failure_summary, mark_failed, restart_count, resumable
-from pekd.cluster.mps import gpu_sharing
+from pekd.cluster.mps import gpu_sharing, run_device
 from pekd.engine.logs import CONSOLE_LEVEL
 from pekd.engine.status import completed
 from pekd.errors import PekdError
@@ -230,7 +230,7 @@ class PackedJob(RequeuedJob):
         run_env = {**os.environ, **mps_env, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                    CONSOLE_LEVEL: "WARNING"}
         if self.gpus:
-            run_env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.gpus)[slot // self.runs_per_gpu]
+            run_env["CUDA_VISIBLE_DEVICES"] = run_device(slot // self.runs_per_gpu, visible_devices(self.gpus), mps_env)
         return subprocess.Popen([sys.executable, "-m", "pekd.cluster.packing", str(config), env.job_id], env=run_env)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
