@@ -870,7 +870,9 @@ def machine(env: Env) -> type:
 
         @rule(ckpt_every=ckpt_every, keep_last=keep_last)
         def rerun(self, ckpt_every: int, keep_last: int) -> None:
-            self.life.train(0, ckpt_every, keep_last, None)
+            """The run stopped at its max_steps, started again as it was: trains nothing. With no checkpoint left
+            there is no such run (trainer.max_steps=0 means no limit): the rerun is then a start to the end."""
+            self.life.train(0 if self.life.newest() else None, ckpt_every, keep_last, None)
 
         @rule(steps=st.none() | steps, ckpt_every=ckpt_every, keep_last=keep_last, fault=faults)
         def interrupted(self, steps: int | None, ckpt_every: int, keep_last: int, fault: tuple[str, str, int]) -> None:
