@@ -1,4 +1,5 @@
-"""`python -m bench.gpu_check.speed NAME`: one of the existing benches with few rounds, its figure picked out.
+"""`python -m bench.gpu_check.speed NAME`: one of the existing benches with few rounds, its figure picked out
+(the speed phase's last rows; its headline is bench.gpu_check.headline).
 
 The benches themselves (bench/*.py) do the measuring and print their tables; this runs one as a child process,
 keeps its whole output in the log, and records the line that carries the figure. PASS means it ran on the GPU
@@ -17,17 +18,6 @@ from bench.gpu_check.common import NOT_CHECKED, PASS, has_cuda, run_step
 
 # name -> (bench command, regex over its output whose groups make the figure, figure template)
 BENCHES: dict[str, tuple[list[str], str, str]] = {
-    "resnet18_eager": (["bench.gpu_throughput", "--model", "resnet18", "--amp", "bf16", "--batch", "256",
-                        "--steps", "30"],
-                       r"([\d,]+) images/s", "{0} images/s (resnet18 224px bf16 channels_last, batch 256, eager)"),
-    "resnet18_compiled": (["bench.gpu_throughput", "--model", "resnet18", "--amp", "bf16", "--batch", "256",
-                           "--steps", "30", "--compile"],
-                          r"([\d,]+) images/s",
-                          "{0} images/s (resnet18 224px bf16 channels_last, batch 256, compiled)"),
-    "official_loop": (["bench.official_loop", "--device", "cuda", "--rounds", "3", "--reps", "5"],
-                      r"pekd online eager: pekd / official = ([\d.]+)x.*?goal >= 3x: (met|NOT met)[\s\S]*"
-                      r"pekd bank: pekd / official = ([\d.]+)x[\s\S]*pekd online compiled: pekd / official = ([\d.]+)x",
-                      "pekd / official loop: online eager {0}x (goal >= 3x {1}), bank {2}x, online compiled {3}x"),
     "trainer_overhead": (["bench.trainer_overhead", "--device", "cuda", "--rounds", "3", "--reps", "2"],
                          r"pekd trainer / bare loop = ([\d.]+) \(trainer overhead ([+-][\d.]+)%; goal <= (\d+)%: "
                          r"(met|NOT met)",
