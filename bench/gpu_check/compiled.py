@@ -25,15 +25,15 @@ from bench.gpu_check.common import (
     run_step,
     work_dir,
 )
-from bench.gpu_check.preflight import c_compiler, python_headers
+from bench.gpu_check.preflight import no_triton
 from tests.train_helpers import train
 
 
 def main() -> tuple[str, str, dict[str, Any]]:
     if not has_cuda():
         return NOT_CHECKED, "no CUDA device", {}
-    if not (c_compiler() and python_headers()):
-        return NOT_CHECKED, f"Triton needs a C compiler and Python.h: cc={c_compiler()} Python.h={python_headers()}", {}
+    if no_triton():
+        return NOT_CHECKED, no_triton(), {}
     work = work_dir("compiled")
     teacher = random_teacher(work)
     run_dir = work / "run"

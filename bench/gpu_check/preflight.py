@@ -40,6 +40,14 @@ def python_headers() -> str | None:
     return str(header) if header.exists() else None
 
 
+def no_triton() -> str | None:
+    """Why torch.compile cannot run on this node's GPU (Triton builds a launcher with a C compiler and Python.h the
+    first time), or None: the speed steps then leave their compiled and graphed candidates out, NOT CHECKED."""
+    if c_compiler() and python_headers():
+        return None
+    return f"Triton needs a C compiler and Python.h: cc={c_compiler()} Python.h={python_headers()}"
+
+
 def driver() -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
