@@ -40,13 +40,18 @@ def soak(env: Env, n: int, seed: int, chunk: int, steps: int) -> list[str]:
                 suppress_health_check=list(HealthCheck)))
             verdict = "ok"
         except Exception as e:  # noqa: BLE001 -- a failed chunk is a finding to report, and the soak goes on
-            report = "".join(traceback.format_exception_only(e)) + "".join(getattr(e, "__notes__", []))
+            report = "\n".join(describe(x) for x in getattr(e, "exceptions", [e]))  # hypothesis: one per failure
             failures.append(f"chunk {i} (seed {seed + i}):\n{report}")
             verdict = "FAILED"
             print(failures[-1], flush=True)
         print(f"chunk {i} (seed {seed + i}): {verdict}, {env.figures['sequences'] - before} sequences "
               f"in {time.monotonic() - t0:.0f} s", flush=True)
     return failures
+
+
+def describe(e: BaseException) -> str:
+    """One failure as the fault model reports it: what broke, then the sequence that led to it (its notes)."""
+    return "".join(traceback.format_exception_only(e)) + "\n".join(getattr(e, "__notes__", []))
 
 
 def summary(figures: Counter[str], starts: int, seconds: float, failures: list[str]) -> str:
