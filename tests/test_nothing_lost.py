@@ -192,6 +192,20 @@ def test_evaluation_logged_once_when_the_run_fails_between_logging_it_and_its_ch
     assert {(10, "val/top1"), (20, "val/top1"), (10, "train/loss")} <= set(tb_scalars(run_dir))
 
 
+def test_emptied_metrics_csv_loses_no_tensorboard_scalar_of_the_resumed_step(tmp_path: Path) -> None:
+    """Found by `make soak`: metrics.csv emptied (not deleted) while its run was stopped; the resume purges
+    TensorBoard from the checkpoint's step and must write that step's scalars again from TensorBoard's own events."""
+    run_dir = tmp_path / "run"
+    [(rc, err)] = train(ce(run_dir, "trainer.max_steps=3"))
+    assert rc == 0, err[-3000:]
+    (run_dir / "metrics.csv").write_text("")
+    [(rc, err)] = train(ce(run_dir, "trainer.max_steps=5"))
+    assert rc == 0, err[-3000:]
+    shown = tb_scalars(run_dir)
+    assert_each_once(shown)
+    assert {(s, "train/loss") for s in range(1, 6)} <= set(shown), sorted(shown)
+
+
 def results_files(run_dir: Path) -> dict[Path, int]:
     """Every file of a run but its logs, lease and the config/meta a start rewrites: path -> mtime."""
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts

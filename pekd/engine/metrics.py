@@ -102,8 +102,8 @@ class Metrics:
         self.writer, self.csv = None, None
         if is_main:
             self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step, evaluation_pending)
-            kept = self.csv.at_resume if self.csv.found else _tensorboard_at(run_dir / "tb", resumed_step,
-                                                                              evaluation_pending)
+            # metrics.csv deleted, emptied or damaged, or the step simply not a log step: TensorBoard's own events
+            kept = self.csv.at_resume or _tensorboard_at(run_dir / "tb", resumed_step, evaluation_pending)
             try:  # read before this writer's purge event exists
                 self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step)
             except OSError as e:
@@ -162,7 +162,8 @@ class Metrics:
 
 def _tensorboard_at(folder: Path, step: int, evaluation_pending: bool) -> dict[str, float]:
     """The scalars TensorBoard holds at `step` (but a pending evaluation's): what is written again after the purge
-    when metrics.csv, the usual source, is gone. Reads every events file, so only on that rare path."""
+    when metrics.csv, the usual source, holds none at that step. Reads every events file: about a second for a
+    long run's, once per resume."""
     if not step or not folder.is_dir():
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
