@@ -50,8 +50,10 @@ def soak(env: Env, n: int, seed: int, chunk: int, steps: int) -> list[str]:
 
 
 def describe(e: BaseException) -> str:
-    """One failure as the fault model reports it: what broke, then the sequence that led to it (its notes)."""
-    return "".join(traceback.format_exception_only(e)) + "\n".join(getattr(e, "__notes__", []))
+    """One failure as the fault model reports it: what broke, then the sequence that led to it (its notes); a group
+    (hypothesis's FlakyFailure: failed once, then not on replay) with each failure inside it."""
+    inner = "".join("\n  " + describe(x).replace("\n", "\n  ") for x in getattr(e, "exceptions", []))
+    return "".join(traceback.format_exception_only(e)) + "\n".join(getattr(e, "__notes__", [])) + inner
 
 
 def summary(figures: Counter[str], starts: int, seconds: float, failures: list[str]) -> str:
