@@ -265,6 +265,9 @@ def serve(reply_fd: int, folder: Path) -> None:
         if pid == 0:
             try:
                 _child(req, reply_fd)
+            except KeyboardInterrupt:  # a Ctrl-C outside main (a second one while the first is reported): a
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # fresh interpreter then ends by SIGINT itself
+                os.kill(os.getpid(), signal.SIGINT)
             finally:
                 os._exit(98)
         reply.write(json.dumps({"pid": pid}) + "\n")
@@ -626,6 +629,10 @@ class RunLife:
             allowed |= {"KILL": {-9}, "TERM": {3, -15}, "USR2": {3, -12}, "INT": {3, 130}, "INT2": {3, 130}}[fault[0]]
         if self.disk.full or self.disk.read_only:
             allowed.add(2)
+        if outside is not None and not any(x.startswith("run ") for x in out.stderr.splitlines()):
+            # landed before pekd's start line, while Python and pekd start up (the stop handlers are not in place
+            # yet): the signal's own default action ends the process, before anything of the run was written
+            allowed |= {-s for s in SIGNALS[outside[0]]}
         if names and not self.verified:  # checkpoints none of which verifies: refused, not started afresh
             allowed = {2} | (allowed - {0, 3})
         self.check_process(out, allowed)
@@ -758,7 +765,8 @@ class RunLife:
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         if out.rc not in allowed:
             self.fail("d", f"exit status {out.rc}; this event allows {sorted(allowed)}", out)
-        if (out.rc == 2) != (len(errors) == 1) or len(errors) > 1:
+        # killed by a signal it was sent (rc < 0), a refusal may have said its line already
+        if (out.rc >= 0 and (out.rc == 2) != (len(errors) == 1)) or len(errors) > 1:
             self.fail("d", f"exit {out.rc} with {len(errors)} `error:` lines (a refusal is exit 2 and one line)", out)
 
     def after(self, damaged: Path | None, out: Outcome | None) -> None:
