@@ -206,6 +206,22 @@ def test_emptied_metrics_csv_loses_no_tensorboard_scalar_of_the_resumed_step(tmp
     assert {(s, "train/loss") for s in range(1, 6)} <= set(shown), sorted(shown)
 
 
+def test_damaged_metrics_csv_resumes_with_one_warning(tmp_path: Path) -> None:
+    """Found by `make soak`: bytes flipped in metrics.csv (not UTF-8 any more, a NUL) ended the resume in a
+    UnicodeDecodeError traceback; the damaged rows are dropped with a warning and the run goes on."""
+    run_dir = tmp_path / "run"
+    [(rc, err)] = train(ce(run_dir, "trainer.max_steps=3"))
+    assert rc == 0, err[-3000:]
+    data = bytearray((run_dir / "metrics.csv").read_bytes())
+    data[40], data[80] = 0x8D, 0
+    (run_dir / "metrics.csv").write_bytes(bytes(data))
+    [(rc, err)] = train(ce(run_dir, "trainer.max_steps=5"))
+    assert rc == 0 and "Traceback" not in err, err[-3000:]
+    assert "damaged row(s) dropped" in err
+    assert_each_once(metric_rows(run_dir))
+    assert {(s, "train/loss") for s in (4, 5)} <= set(metric_rows(run_dir))
+
+
 def results_files(run_dir: Path) -> dict[Path, int]:
     """Every file of a run but its logs, lease and the config/meta a start rewrites: path -> mtime."""
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts

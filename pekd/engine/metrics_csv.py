@@ -12,12 +12,25 @@ the checkpoint's own step are what pekd.engine.metrics replays into TensorBoard,
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from pathlib import Path
 
 from pekd.engine.files import atomic_write_bytes, write_error
 
 HEADER = ["step", "tag", "value", "time"]
+log = logging.getLogger("pekd")
+
+
+def readable(row: list[str]) -> bool:
+    """A row as pekd writes it: four fields, an integer step, a number, nothing a damaged byte turned into."""
+    if len(row) != len(HEADER) or not row[0].isdigit() or any("\ufffd" in field for field in row):
+        return False
+    try:
+        float(row[2])
+    except ValueError:
+        return False
+    return True
 
 
 class MetricsCSV:
@@ -39,16 +52,20 @@ class MetricsCSV:
             self.writer.writerow(HEADER)
 
     def _keep_through(self, step: int, evaluation_pending: bool) -> None:
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.reader(f)]
+        # a damaged file (bytes flipped or zeroed on disk) is read, not raised on: its unreadable rows are dropped
+        with open(self.path, newline="", errors="replace") as f:
+            rows = list(csv.reader(line.replace("\0", "\ufffd") for line in f))
 
         def kept_row(r: list[str]) -> bool:
-            if len(r) != len(HEADER) or not r[0].isdigit():
+            if not readable(r):
                 return False
             at = int(r[0])
             return at < step or (at == step and not (evaluation_pending and r[1].startswith("val/")))
 
         kept = [HEADER] + [r for r in rows[1:] if kept_row(r)]
+        damaged = sum(not readable(r) for r in rows[1:])
+        if damaged:
+            log.warning("%s: %d damaged row(s) dropped (TensorBoard's events keep every scalar)", self.path, damaged)
         self.at_resume = {r[1]: float(r[2]) for r in kept[1:] if int(r[0]) == step}
         if len(kept) != len(rows):
             lines = "".join(",".join(r) + "\r\n" for r in kept)
