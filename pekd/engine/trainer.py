@@ -241,12 +241,12 @@ class Trainer:
                 self._write_results(done)
             self._summary(done)
             return self.results(done)
-        self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
-                               open_tracker(self.cfg, self.run_dir) if env.is_main else None,
-                               None if lease is None else lambda: lease.check("its metrics (metrics.csv, tb/)"),
-                               evaluation_pending=p.pending_eval is not None)
-        self.module.train()
-        with StopSignal() as stop:
+        with StopSignal() as stop:  # before the metrics' set-up (a resume may read tb/): a stop then is a stop
+            self.metrics = Metrics(self.run_dir, env.is_main, p.global_step,
+                                   open_tracker(self.cfg, self.run_dir) if env.is_main else None,
+                                   None if lease is None else lambda: lease.check("its metrics (metrics.csv, tb/)"),
+                                   evaluation_pending=p.pending_eval is not None)
+            self.module.train()
             # a run stopped during an evaluation resumes with it: it ran after the checkpoint, so it comes first
             status = "running" if p.pending_eval is None else self._evaluate_epoch(stop)
             while status == "running" and self.finished() is None:
