@@ -609,6 +609,7 @@ class RunLife:
         seconds), sent from here that long after the start (wherever the child is then)."""
         start = self.newest()
         target = None if steps is None else min(start + steps, TOTAL)
+        target = target or None  # to step 0 is no run: trainer.max_steps=0 means no limit, a start to the end
         hook = None if fault is None else (fault[1], fault[2], fault[0])
         self.events.append(f"train(max_steps={target}, ckpt_every={ckpt_every}, keep_last={keep_last}, "
                            f"fault={fault}{'' if outside is None else f', outside={outside}'})  [resumes from {start}]")
@@ -878,9 +879,9 @@ def machine(env: Env) -> type:
 
         @rule(ckpt_every=ckpt_every, keep_last=keep_last)
         def rerun(self, ckpt_every: int, keep_last: int) -> None:
-            """The run stopped at its max_steps, started again as it was: trains nothing. With no checkpoint left
-            there is no such run (trainer.max_steps=0 means no limit): the rerun is then a start to the end."""
-            self.life.train(0 if self.life.newest() else None, ckpt_every, keep_last, None)
+            """The run stopped at its max_steps, started again as it was: trains nothing (with no checkpoint left,
+            a start to the end: see Life.train)."""
+            self.life.train(0, ckpt_every, keep_last, None)
 
         @rule(steps=st.none() | steps, ckpt_every=ckpt_every, keep_last=keep_last, fault=faults)
         def interrupted(self, steps: int | None, ckpt_every: int, keep_last: int, fault: tuple[str, str, int]) -> None:

@@ -213,13 +213,17 @@ def test_damaged_metrics_csv_resumes_with_one_warning(tmp_path: Path) -> None:
     [(rc, err)] = train(ce(run_dir, "trainer.max_steps=3"))
     assert rc == 0, err[-3000:]
     data = bytearray((run_dir / "metrics.csv").read_bytes())
-    data[40], data[80] = 0x8D, 0
+    last = data.rindex(b"\n", 0, len(data) - 1) + 1  # a row of step 3, the step the run resumes from
+    data[40], data[80], data[last + 2] = 0x8D, 0, 0x8D
     (run_dir / "metrics.csv").write_bytes(bytes(data))
     [(rc, err)] = train(ce(run_dir, "trainer.max_steps=5"))
     assert rc == 0 and "Traceback" not in err, err[-3000:]
     assert "damaged row(s) dropped" in err
     assert_each_once(metric_rows(run_dir))
     assert {(s, "train/loss") for s in (4, 5)} <= set(metric_rows(run_dir))
+    shown = tb_scalars(run_dir)  # the resumed step's scalars, its damaged row's too, written again from tb/
+    assert_each_once(shown)
+    assert {(3, tag) for tag in ("train/loss", "train/loss_ce", "train/lr")} <= set(shown), sorted(shown)
 
 
 def results_files(run_dir: Path) -> dict[Path, int]:

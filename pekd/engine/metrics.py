@@ -103,7 +103,9 @@ class Metrics:
         if is_main:
             self.csv = MetricsCSV(run_dir / "metrics.csv", resumed_step, evaluation_pending)
             # metrics.csv deleted, emptied or damaged, or the step simply not a log step: TensorBoard's own events
-            kept = self.csv.at_resume or _tensorboard_at(run_dir / "tb", resumed_step, evaluation_pending)
+            kept = self.csv.at_resume
+            if not kept or self.csv.damaged:
+                kept = {**_tensorboard_at(run_dir / "tb", resumed_step, evaluation_pending), **kept}
             try:  # read before this writer's purge event exists
                 self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_step)
             except OSError as e:

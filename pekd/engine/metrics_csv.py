@@ -40,6 +40,7 @@ class MetricsCSV:
         self.path = path
         self.at_resume: dict[str, float] = {}  # the kept rows of the resumed step: tag -> value
         self.found = path.is_file()  # False for a new run, or one whose metrics.csv was deleted
+        self.damaged = 0  # unreadable rows dropped at the resume: the resumed step's may be among them
         try:
             if path.is_file():
                 self._keep_through(resumed_step, evaluation_pending)
@@ -63,9 +64,10 @@ class MetricsCSV:
             return at < step or (at == step and not (evaluation_pending and r[1].startswith("val/")))
 
         kept = [HEADER] + [r for r in rows[1:] if kept_row(r)]
-        damaged = sum(not readable(r) for r in rows[1:])
-        if damaged:
-            log.warning("%s: %d damaged row(s) dropped (TensorBoard's events keep every scalar)", self.path, damaged)
+        self.damaged = sum(not readable(r) for r in rows[1:])
+        if self.damaged:
+            log.warning("%s: %d damaged row(s) dropped (TensorBoard's events keep every scalar)", self.path,
+                        self.damaged)
         self.at_resume = {r[1]: float(r[2]) for r in kept[1:] if int(r[0]) == step}
         if len(kept) != len(rows):
             lines = "".join(",".join(r) + "\r\n" for r in kept)
