@@ -26,21 +26,21 @@ from pekd.teacher.write_errors import RESUME, write_error
 ZERO_BLOCK = 8 << 20  # bytes per write of the zero-filling fallback
 
 
-def human_bytes(n: float) -> str:
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+def _scaled(n: float, base: int, units: tuple[str, ...]) -> str:
     i = 0
-    while n >= 1024 and i < len(units) - 1:
-        n, i = n / 1024, i + 1
+    while n >= base and i < len(units) - 1:
+        n, i = n / base, i + 1
     return f"{n:.1f} {units[i]}"
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in powers of 1024 (3.9 GiB), as free space and file sizes are read on a node."""
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
 
 
 def decimal_bytes(n: float) -> str:
     """Bytes in powers of 1000 (4.1 GB), as disks and quotas are sold and the docs quote a bank's size."""
-    units = ["B", "kB", "MB", "GB", "TB"]
-    i = 0
-    while n >= 1000 and i < len(units) - 1:
-        n, i = n / 1000, i + 1
-    return f"{n:.1f} {units[i]}"
+    return _scaled(n, 1000, ("B", "kB", "MB", "GB", "TB"))
 
 
 def bank_bytes(spec: dict[str, Any]) -> int:
