@@ -8,6 +8,9 @@ anything else, whose finished files are whole because every writer is atomic).
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -32,5 +35,37 @@ def user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
             print("interrupted (Ctrl-C): files already written are whole; run the same command again to go on",
                   file=sys.stderr, flush=True)
             sys.exit(130)
+        finally:
+            _quiet_interrupts_at_exit()
 
     return wrapper
+
+
+_AT_EXIT = (b"pekd: Ctrl-C while the process exits: its work is done and written; it goes on exiting (press again "
+            b"to end it at once)\n")
+
+
+def _quiet_interrupts_at_exit() -> None:
+    """Once the command's work is over, a Ctrl-C landing in the interpreter's exit handlers (logging's flush,
+    multiprocessing's reaper, torch's) raised KeyboardInterrupt inside one of them: Python printed "Exception
+    ignored in atexit callback" with a traceback and went on exiting. Registered last, this exit handler runs first
+    and makes such a Ctrl-C one line; the exit goes on with the command's own status (3 still means resume), and a
+    second Ctrl-C ends the process at once (130), as during training. Only at the process's exit: a caller that
+    runs the command in-process keeps its own Ctrl-C handling until then."""
+    atexit.unregister(_install_exit_handler)  # once, and after whatever the command registered
+    atexit.register(_install_exit_handler)
+
+
+def _install_exit_handler() -> None:
+    presses = [0]
+
+    def handle(signum: int, frame: object) -> None:
+        presses[0] += 1
+        if presses[0] >= 2:
+            os._exit(130)
+        os.write(2, _AT_EXIT)
+
+    try:
+        signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread: leave the interpreter's handling
+        pass

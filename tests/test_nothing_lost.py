@@ -157,6 +157,24 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130() -> None:
     assert rc == 130 and "Traceback" not in err and err.startswith("interrupted (Ctrl-C)"), err
 
 
+@pytest.mark.parametrize("status", [0, 3])
+def test_ctrl_c_while_the_process_exits_is_one_line_and_keeps_the_commands_status(status: int) -> None:
+    """The fault model's most frequent finding: a Ctrl-C landing in an exit handler, after the command's work
+    (here an exit handler registered before the command, so it runs after pekd's, sleeps where torch's or
+    multiprocessing's would work), printed "Exception ignored in atexit callback" with a KeyboardInterrupt
+    traceback. Now one line, and the exit status is still the command's (3: a stopped run to resume)."""
+    code = ("import atexit, signal, sys, time\nfrom pekd.errors import user_errors_exit\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "atexit.register(lambda: (print('exiting', flush=True), time.sleep(20)))\n"
+            f"@user_errors_exit\ndef main():\n    sys.exit({status})\nmain()\n")
+    child = spawn(["-c", code], env_for(0, 1, 0))
+    until(lambda: "exiting" in child.output()[0], "the child to run its exit handlers", procs=[child])
+    os.kill(child.pid, signal.SIGINT)
+    [(rc, err)] = wait([child], timeout=60)
+    assert rc == status and "Traceback" not in err and "Exception ignored" not in err, (rc, err)
+    assert err.startswith("pekd: Ctrl-C while the process exits") and err.count("\n") == 1, err
+
+
 # ------------------------------------------------------------------ reruns, metrics, results.json
 def test_rerun_at_max_steps_trains_nothing_and_says_so(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
