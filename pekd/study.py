@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="training seed of the teacher (comma list: a teacher per seed, same recipe, every student "
                     "cell under each)")
     ap.add_argument("--teacher", type=Path, help="use this teacher export instead of training one (student.pt)")
+    ap.add_argument("--teacher-epochs", type=int, default=20,
+                    help="epochs of the teacher the study trains (lr x0.1 at 60%% and 85%% of them)")
     ap.add_argument("--test", choices=("t", "perm"), default="t",
                     help="the report's test, fixed before any result: t (paired t-test; 5 seeds) or perm (exact "
                     "sign-flip; 9 seeds reach p = 2/512)")
@@ -106,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.teacher_epochs < 1:
+        ap.error("--teacher-epochs must be at least 1")
     if args.seeds < 2:
         ap.error("--seeds must be at least 2: a paired comparison needs several seeds")
     if 0 in args.subsets or 0 in args.epochs:
@@ -160,7 +164,8 @@ def phase_teacher(args: argparse.Namespace) -> bool:
     """True when every teacher export exists; otherwise trains them (local) or submits them (slurm)."""
     missing = [t for t in args.teacher_seed if not teacher_export(args, t).exists()]
     for t in missing:
-        print(f"== teacher {TEACHER} (seed {t}) on every {args.data} training image, 20 epochs", flush=True)
+        print(f"== teacher {TEACHER} (seed {t}) on every {args.data} training image, {args.teacher_epochs} epochs",
+              flush=True)
         if args.launcher == "slurm":
             submit(args, [teacher_overrides(args, t)])
             continue

@@ -19,6 +19,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU; its child processes may see the node's GPUs")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most tests' children train on one
+    thread, so a second worker fills the second core. Each module's tests stay on one worker, so its module-scoped
+    fixtures (reference runs, banks, data sets, the fault model's fork server) are built once; the tests that use
+    the local SLURM cluster stay together on one worker, which starts the session's one cluster."""
+    for item in items:
+        uses_slurm = "slurm_cluster" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("slurm" if uses_slurm else item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(autouse=True)
 def _cpu_children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite's expectations are the CPU's (gloo, amp=auto -> bf16/fp32, sync_bn refused, timings): run on a

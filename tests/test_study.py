@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from pekd.science.study_plan import cells, plan, report_options
+from pekd.science.study_plan import cells, plan, report_options, teacher_overrides
 from pekd.study import main, parse_args, run_dir_of
 from tests.train_helpers import REPO, env_for
 
 
 def study_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "pekd.study", "--data", "digits", "--out", str(out), "--subsets", "256,512",
-            "--epochs", "3", "--seeds", "2", "--methods", "fd,pefd_q1", "--processes", "2"]
+            "--epochs", "3", "--seeds", "2", "--methods", "fd,pefd_q1", "--processes", "2",
+            "--teacher-epochs", "4"]
 
 
 def in_session(sid: int) -> list[int]:
@@ -107,6 +108,12 @@ def test_every_cell_is_a_folder_named_by_what_differs(tmp_path: Path, capsys: py
                            "split_seed": 0}) == ["--along", "data.subset", "--compare", "PEFD q=1>FD no projector",
                                                  "--compare", "PEFD q=3>PEFD q=1", "--compare", "PEFD q=1>CE",
                                                  "--test", "t"]
+    # the teacher's recipe: 20 epochs by default (the committed study's teacher), shorter ones scaled alike
+    default, short = (dict(o.split("=", 1) for o in teacher_overrides(parse_args(extra), 0))
+                      for extra in ([], ["--teacher-epochs", "4"]))
+    assert (default["trainer.epochs"], default["trainer.milestones"]) == ("20", "[12,17]")
+    assert (short["trainer.epochs"], short["trainer.milestones"], short["trainer.eval_every_epochs"]) == (
+        "4", "[2,3]", "4")
     main(["--data", "digits", "--out", str(tmp_path), "--subsets", "256", "--epochs", "24,96", "--dry-run"])
     assert "subset256-epochs96 -> 384" in capsys.readouterr().out
 
@@ -116,6 +123,7 @@ def test_every_cell_is_a_folder_named_by_what_differs(tmp_path: Path, capsys: py
     (["--split-seeds", "0,0"], "must be distinct"),
     (["--epochs", "0"], "--subsets and --epochs must be positive"),
     (["--teacher", "t.pt", "--teacher-seeds", "0,1"], "give one or the other"),
+    (["--teacher-epochs", "0"], "--teacher-epochs must be at least 1"),
 ])
 def test_bad_options_are_one_error_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def study(out: Path, jobs: Path, cluster: LocalCluster) -> subprocess.CompletedProcess[str]:
     submit_args = f"--folder {jobs} --nodes 1 --partition {cluster.partition} --time 10"
     cmd = [sys.executable, "-m", "pekd.study", "--data", "digits", "--out", str(out), "--subsets", "256",
-           "--epochs", "2", "--seeds", "2", "--methods", "fd,pefd_q1", "--launcher", "slurm",
+           "--epochs", "2", "--seeds", "2", "--methods", "fd,pefd_q1", "--teacher-epochs", "4", "--launcher", "slurm",
            "--submit-args", submit_args]
     # os.environ carries SLURM_CONF and the sacct stand-in's PATH (slurm_env); the jobs inherit PYTHONPATH
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),

@@ -75,10 +75,13 @@ def teacher_export(args: Any, seed: int) -> Path:
 
 
 def teacher_overrides(args: Any, seed: int) -> list[str]:
-    """resnet20 on all 60,000 images for 20 epochs: batch 128, lr 0.1 x0.1 at 12 and 17, wd 5e-4, 2 threads; its
-    training seed is what makes a second teacher (split 0: with every image the split draws nothing)."""
+    """resnet20 on every training image for --teacher-epochs (20: lr 0.1 x0.1 at 12 and 17), batch 128, wd 5e-4,
+    2 threads; its training seed is what makes a second teacher (split 0: with every image the split draws
+    nothing)."""
+    e = args.teacher_epochs
     return [*common(args, 0), f"model.name={TEACHER}", "method=ce", "data.subset=0", "data.batch_size=128",
-            "trainer.epochs=20", "trainer.lr=0.1", "trainer.milestones=[12,17]", "trainer.eval_every_epochs=5",
+            f"trainer.epochs={e}", "trainer.lr=0.1", f"trainer.milestones=[{','.join(map(str, milestones(e)))}]",
+            f"trainer.eval_every_epochs={min(e, 5)}",
             "trainer.threads=2", "trainer.log_every_steps=100",
             f"seed={seed}", f"run_dir={teacher_dir(args, seed)}", "name=study_teacher"]
 
