@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -48,3 +49,29 @@ def test_a_signal_to_the_driver_alone_stops_every_worker_and_starts_no_queued_jo
     assert time.monotonic() - t0 < 15, "the run in flight did not see the stop"
     assert not multiprocessing.active_children(), "the workers outlived the driver's stop"
     assert signal.getsignal(signum) == before, "the driver's own handling must end with the pool"
+
+
+def failing_job(marker: str) -> str:
+    """Fails once job0 has started: a run that ends in an error (another process holds its run directory, say)."""
+    while not (Path(marker).parent / "job0").exists():
+        time.sleep(0.02)
+    raise RuntimeError(f"{marker} failed")
+
+
+def test_a_signal_while_a_failed_driver_waits_for_its_runs_in_flight_stops_them(tmp_path: Path) -> None:
+    """One run's error ends the driver's loop; the driver then waits for the runs still in flight. A `kill PID`
+    during that wait must still reach them: they stop at their step boundary instead of running to the end."""
+    jobs = [str(tmp_path / "job0"), str(tmp_path / "fail")]
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="fail failed"), SideBySide(2, "again") as pool:
+        try:
+            list(pool.map(job_by_name, jobs))
+        finally:  # the error is on its way out; the kill lands while __exit__ waits for job0
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert time.monotonic() - t0 < 20, "the run in flight ran on: the signal was not forwarded during the wait"
+    assert not multiprocessing.active_children(), "the workers outlived the driver"
+
+
+def job_by_name(marker: str) -> str:
+    """job0 runs until its worker sees a stop signal; "fail" fails once job0 has started."""
+    return failing_job(marker) if Path(marker).name == "fail" else slow_job(marker)

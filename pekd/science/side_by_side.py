@@ -117,9 +117,13 @@ class SideBySide:
         self.processes, self.rerun = processes, rerun
         self._previous: dict[int, Any] = {}
         self._pool: ProcessPoolExecutor | None = None
+        self._forwarded = 0  # how many of the driver's signals the workers have been sent
+        self._others: set[int] = set()  # the driver's other child processes (an in-process caller's): not ours
 
     def __enter__(self) -> SideBySide:
         _received.clear()
+        self._forwarded = 0
+        self._others = {c.pid for c in multiprocessing.active_children() if c.pid is not None}
         for s in SIGNALS:
             self._previous[s] = signal.signal(s, _record)
         self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
@@ -127,8 +131,14 @@ class SideBySide:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """No queued run starts; the runs in flight end -- or, when one run's failure ends the driver early, stop at
+        their step boundary if a signal comes while the driver waits for them (without the forwarding here, a
+        `kill PID` then would wait for them to finish)."""
         assert self._pool is not None
-        self._pool.shutdown(wait=True, cancel_futures=True)  # joins every worker process
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        while self._workers():  # active_children() joins every worker process that has exited
+            self._forward()
+            time.sleep(0.1)
         _stop_resource_tracker()
         for s, h in self._previous.items():
             signal.signal(s, h)
@@ -136,16 +146,11 @@ class SideBySide:
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
         assert self._pool is not None
         pending: set[Future[Any]] = {self._pool.submit(_call, fn, j) for j in jobs}
-        forwarded = 0
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            if len(_received) > forwarded:
+            if self._forward():
                 for f in pending:
                     f.cancel()
-                for child in multiprocessing.active_children():
-                    if child.pid is not None:
-                        os.kill(child.pid, _received[-1])
-                forwarded = len(_received)
             for f in done:
                 if _received:
                     if not f.cancelled():
@@ -156,3 +161,16 @@ class SideBySide:
             print(f"received {signal.Signals(_received[0]).name}: every run in flight stopped at a step boundary "
                   f"and checkpointed; rerun {self.rerun} to resume", flush=True)
             raise Stopped
+
+    def _forward(self) -> bool:
+        """Send the workers the driver's newest signal if it came since the last forwarding; True if one came."""
+        if len(_received) <= self._forwarded:
+            return False
+        for pid in self._workers():
+            os.kill(pid, _received[-1])
+        self._forwarded = len(_received)
+        return True
+
+    def _workers(self) -> list[int]:
+        """The pool's live worker processes (multiprocessing's own list, less the children the driver had before)."""
+        return [c.pid for c in multiprocessing.active_children() if c.pid is not None and c.pid not in self._others]
