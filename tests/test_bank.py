@@ -124,6 +124,8 @@ def start_precompute(overrides: list[str], world: int) -> list[Child]:
 
 
 def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, cifar_bank, tmp_path):
+    """Its building.json rewritten as the pekd before banks with logits wrote it (format 5, no "logits"): that
+    build's rows are the same bytes, and the same command resumes it."""
     folder = tmp_path / "bank"
     overrides = with_teacher(teacher, *CIFAR_VIEWS, f"teacher.bank={folder}")
     [proc] = start_precompute(overrides, 1)
@@ -133,6 +135,9 @@ def test_killed_precompute_resumes_without_recomputing_finished_chunks(teacher, 
     done = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunks/*.json")}
     assert proc.returncode == -9 and 3 <= len(done) < 23, proc.output()[1][-3000:]
     assert not (folder / "manifest.json").exists()
+    building = json.loads((folder / "building.json").read_text())
+    assert building.pop("logits") == 0 and building["format"] == 6
+    (folder / "building.json").write_text(json.dumps({**building, "format": 5}))
     cfg = compose_config(overrides + ["teacher.mode=bank"])
     with pytest.raises(PekdError, match=f"incomplete .* {len(done)} chunks finished.*re-run"):
         BankTeacher.open(folder, cfg, build_source("digits", "", "train"))
@@ -216,3 +221,42 @@ def test_dry_run_prints_size_and_time_and_writes_nothing(teacher, tmp_path):
     assert "[K=2, N=1437, d=64] float32: 718.5 KiB" in text  # 2 x 1437 x 64 x 4 bytes
     assert "images/s" in text and "expected precompute" in text
     assert not (tmp_path / "b").exists()
+
+
+def kd_steps(weights: Path, run_dir: Path, *overrides: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Four Hinton KD steps from the same seed; per-step losses and the final student weights."""
+    res = run(compose_config(with_teacher(weights, "method=kd", "bank.views=2", "trainer.max_steps=4",
+                                          f"run_dir={run_dir}", *overrides)))
+    assert res["status"] == "stopped" and res["global_step"] == 4
+    return losses(run_dir), final_model(run_dir)
+
+
+def test_kd_on_a_bank_with_logits_equals_kd_online(teacher, online_steps, tmp_path):
+    """One fp32 bank with the teacher's logits (bank.logits=true) serves a PEFD run and a KD run, each the same
+    as its online run on the same views (digits' augment=none)."""
+    bank = tmp_path / "bank"
+    manifest = precompute(compose_config(with_teacher(teacher, "bank.views=2", "bank.dtype=float32", "bank.logits=true",
+                                                      f"teacher.bank={bank}")))
+    assert manifest["format"] == 6 and manifest["logits"] == 10 and manifest["shape"] == [2, 1437, 64 + 10]
+    loss_p, model_p = train_steps(teacher, tmp_path / "pefd", "teacher.mode=bank", f"teacher.bank={bank}",
+                                  "bank.dtype=float32")
+    np.testing.assert_allclose(loss_p, online_steps[0], rtol=1e-6)  # the feature is the row's first 64 columns
+    for k, v in online_steps[1].items():
+        torch.testing.assert_close(model_p[k], v, rtol=1e-6, atol=1e-6)
+    loss_b, model_b = kd_steps(teacher, tmp_path / "kd_bank", "teacher.mode=bank", f"teacher.bank={bank}",
+                               "bank.dtype=float32")
+    loss_o, model_o = kd_steps(teacher, tmp_path / "kd_online", "teacher.mode=online", "bank.online_same_views=true")
+    np.testing.assert_allclose(loss_b, loss_o, rtol=1e-6)
+    for k, v in model_o.items():
+        torch.testing.assert_close(model_b[k], v, rtol=1e-6, atol=1e-6)
+
+
+def test_kd_on_a_bank_without_logits_is_refused_before_the_run_directory(teacher, cifar_bank, tmp_path):
+    cfg = compose_config(with_teacher(teacher, *CIFAR_VIEWS, "method=kd", "teacher.mode=bank",
+                                      f"teacher.bank={cifar_bank}", f"run_dir={tmp_path / 'run'}"))
+    with pytest.raises(PekdError, match="holds no teacher logits, which Hinton KD .* bank.logits=true"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(PekdError, match="without the teacher's logits, which this run asks for"):
+        precompute(compose_config(with_teacher(teacher, *CIFAR_VIEWS, "bank.logits=true",
+                                               f"teacher.bank={cifar_bank}")))

@@ -148,7 +148,7 @@ def exact_bank(weights, tmp_path_factory) -> Path:
     """Every one of the 162 views of the 64 images: 10,368 teacher rows."""
     folder = tmp_path_factory.mktemp("banks") / "exact"
     manifest = precompute(compose_config(with_teacher(weights, f"teacher.bank={folder}")))
-    assert manifest["shape"] == [162, 64, 64] and manifest["views"]["exact"] is True and manifest["format"] == 5
+    assert manifest["shape"] == [162, 64, 64] and manifest["views"]["exact"] is True and manifest["format"] == 6
     return folder
 
 

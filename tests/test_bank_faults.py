@@ -194,7 +194,7 @@ def test_a_bank_without_checksums_is_served_with_one_warning(weights, reference,
     (lambda m: {**m, "views": {**m["views"], "exact": "no"}}, "'views.exact' is 'no', not true/false"),
     (lambda m: {**m, "shape": [2, 1437, 0]}, "not [K, N, d] of positive integers"),
     (lambda m: {**m, "checksums": {"sha256": m["checksums"]["sha256"][:3]}}, "not a list of 23 digests"),
-    (lambda m: {**m, "format": 99}, "it is format 99; this pekd reads formats [3, 4, 5]"),
+    (lambda m: {**m, "format": 99}, "it is format 99; this pekd reads formats [3, 4, 5, 6]"),
 ])
 def test_a_malformed_manifest_is_one_error_naming_it(weights, reference, tmp_path, edit, problem):
     """Today a manifest that is a JSON list ends in AttributeError."""

@@ -59,6 +59,10 @@ class BankConfig:
     # teacher.mode=online shows the bank's views too: an online run that sees exactly what a bank run sees, to check
     # a bank against the teacher or to measure what K drawn views cost (an exact bank's views are the online ones)
     online_same_views: bool = False
+    # store the teacher's logits beside each feature row, for Hinton KD (method.kd_weight>0) in bank mode: 4 bytes
+    # (float32) or 2 per class per row. A KD run's precompute stores them without being asked; this makes a bank
+    # built for feature runs (FD, PEFD) serve the same sweep's KD runs too
+    logits: bool = False
 
 
 @dataclass
@@ -304,9 +308,6 @@ def validate(cfg: Any) -> None:
                         f"of method.name={cfg.method.name}; drop it or use method=kd")
     if cfg.teacher.mode == "bank" and not cfg.teacher.bank:
         raise PekdError("teacher.mode=bank needs teacher.bank=<folder written by `python -m pekd.precompute`>")
-    if cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0:
-        raise PekdError("a feature bank stores features, not logits: Hinton KD (method.kd_weight>0) needs "
-                        "teacher.mode=online")
     if cfg.data.pipeline == "ffcv" and not cfg.data.train_beton:
         raise PekdError("data.pipeline=ffcv needs data.train_beton (and data.val_beton); write them with "
                         "`python -m pekd.write_dataset`")

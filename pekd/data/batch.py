@@ -14,7 +14,8 @@ class Batch:
     images: uint8 [B, C, H, W] (any memory format) or float already normalised; the trainer normalises uint8.
     labels: int64 [B].  index: int64 [B], the sample's position in its source.
     view: int64 [B], which of a feature bank's K views each image is (0 when there is no bank).
-    features: the feature bank's rows for (view, index), [B, d] in the bank's dtype, when the run reads a bank:
+    features: the feature bank's rows for (view, index), [B, d] in the bank's dtype (then C columns of the teacher's
+    logits, in a bank that holds them: pekd.teacher.bank.BankTeacher splits them), when the run reads a bank:
     gathered by the data pipeline (pekd.teacher.bank.BankRows) so that they travel with the images -- pinned by
     the DataLoader, copied to the GPU by the prefetch -- instead of being read on the training thread mid-step.
     """

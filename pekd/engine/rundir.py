@@ -42,6 +42,8 @@ RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.ma
                      "trainer.threads", "trainer.dist_timeout_s", "trainer.compile", "trainer.sync_every_steps",
                      "trainer.analyze",
                      "trainer.lease_stale_s", "trainer.lease_wait_s",
+                     # what a bank built from this config holds beside the features; training reads the same rows
+                     "bank.logits",
                      # a label from the literature shown beside the run's result, not part of what is trained
                      "paper_top1",
                      # where the scalars are also sent, not what is trained: a run may start logging on resume

@@ -44,9 +44,15 @@ def decimal_bytes(n: float) -> str:
 
 
 def bank_bytes(spec: dict[str, Any]) -> int:
-    """Size of features.bin for this spec: K x N x d rows of its dtype."""
+    """Size of features.bin for this spec: K x N rows of d (+ C logits) values of its dtype."""
     k, n, d = (int(s) for s in spec["shape"])
     return k * n * d * np.dtype(spec["dtype"]).itemsize
+
+
+def row_words(spec: dict[str, Any]) -> str:
+    """A row's columns in words: '64' (features only) or '64 + 10 logits'."""
+    width, logits = int(spec["shape"][2]), int(spec.get("logits", 0))
+    return f"{width - logits} + {logits} logits" if logits else str(width)
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -74,12 +80,12 @@ def size_line(folder: Path, spec: dict[str, Any]) -> str:
     """The bank's size and what its filesystem has left, printed before the build computes anything."""
     size = bank_bytes(spec)
     needed, free = room(folder / "features.bin", size)
-    k, n, d = spec["shape"]
+    k, n, _ = spec["shape"]
     exact = " (every view)" if spec["views"].get("exact") else ""
     reserved = "all of it reserved" if needed == 0 else f"{human_bytes(size - needed)} of it reserved"
-    return (f"feature bank {folder}: {k} views{exact} x {n} images x {d} {spec['dtype']} = {decimal_bytes(size)}, "
-            f"{human_bytes(size)} ({size} bytes) in features.bin, {reserved}; {human_bytes(free)} left free on its "
-            "filesystem")
+    return (f"feature bank {folder}: {k} views{exact} x {n} images x {row_words(spec)} {spec['dtype']} = "
+            f"{decimal_bytes(size)}, {human_bytes(size)} ({size} bytes) in features.bin, {reserved}; "
+            f"{human_bytes(free)} left free on its filesystem")
 
 
 def check_room(folder: Path, spec: dict[str, Any]) -> None:

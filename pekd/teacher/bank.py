@@ -2,8 +2,11 @@
 
 A bank is a folder:
 
-  features.bin     raw [K, N, d] array (float16 or float32), read through a numpy memmap, so a bank of
-                   1.28M x 2048 x K never has to fit in memory and ranks share the page cache
+  features.bin     raw [K, N, d + C] array (float16 or float32), read through a numpy memmap, so a bank of
+                   1.28M x 2048 x K never has to fit in memory and ranks share the page cache. Each row is the
+                   teacher's feature (d), then, in a bank with logits (C = "logits" in the manifest, the number of
+                   classes; 0 without), its logits for Hinton KD: one gather serves both, and the build's
+                   allocation, checksums and resume cover them without a second file
   manifest.json    written last, once every row is on disk: what the bank was built from (its "spec") and how
                    the build went (teacher top-1, time). No manifest, no bank: an interrupted build is refused
   building.json    the spec of a build in progress (removed when sealed); a resumed build must match it
@@ -36,7 +39,7 @@ from pekd.data.pipelines import pixels_identity
 from pekd.data.sources import Source
 from pekd.errors import PekdError
 from pekd.teacher import bank_views, checksums
-from pekd.teacher.manifest import FORMAT, LEGACY_FORMATS, Malformed, check_spec
+from pekd.teacher.manifest import FORMAT, LEGACY_FORMATS, Malformed, check_spec, logits_of
 from pekd.teacher.write_errors import write_error
 
 MANIFEST = "manifest.json"
@@ -64,6 +67,8 @@ CHECKED: dict[str, str] = {
     "views.pixels": "data.pipeline / data.dali_device / data.train_beton",
     "dtype": "bank.dtype",
 }
+# The setting to name for a field that may differ only between builds (a partial build and its resume).
+SETTINGS = {**CHECKED, "logits": "bank.logits (a KD run's bank stores the teacher's logits)"}
 
 
 def weights_sha256(path: str) -> str:
@@ -78,12 +83,18 @@ def weights_sha256(path: str) -> str:
         raise PekdError(f"cannot read teacher.weights {path!r} ({e.strerror}); check the path") from None
 
 
+def wants_logits(cfg: Any) -> bool:
+    """Whether this run's bank holds the teacher's logits: asked for (bank.logits), or read by Hinton KD."""
+    return bool(cfg.bank.logits) or cfg.method.kd_weight > 0
+
+
 def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -> dict[str, Any]:
     """What a bank for this run must be: teacher, data, views and layout (the manifest minus build results)."""
     import pekd
 
     views = bank_views.resolve(cfg, source)
     k, n = views.K, len(source)
+    logits = int(source.num_classes) if wants_logits(cfg) else 0
     return {
         "format": FORMAT,
         "pekd_version": pekd.__version__,
@@ -92,7 +103,8 @@ def bank_spec(cfg: Any, source: Source, feature_dim: int, weights_digest: str) -
         "views": {"augment": cfg.data.augment, "image_size": int(cfg.data.image_size), "seed": int(cfg.bank.seed),
                   "K": k, "exact": views.exact, "pixels": pixels_identity(cfg.data)},
         "dtype": cfg.bank.dtype,
-        "shape": [k, n, int(feature_dim)],
+        "shape": [k, n, int(feature_dim) + logits],
+        "logits": logits,
         "file": FEATURES,
     }
 
@@ -109,7 +121,7 @@ def first_difference(bank: dict[str, Any], run: dict[str, Any], fields: list[str
     a, b = _flat(bank), _flat(run)
     for key in fields or list(CHECKED):
         if a.get(key) != b.get(key):
-            setting = CHECKED.get(key, key)
+            setting = SETTINGS.get(key, key)
             return f"{key} is {a.get(key)!r} in the bank but {b.get(key)!r} for this run (see {setting})"
     return None
 
@@ -195,16 +207,15 @@ class BankRows:
 
 
 class BankTeacher:
-    """Serves the teacher feature of a batch: the bank rows its pipeline attached (BankRows); no logits."""
+    """Serves the teacher feature of a batch, and its logits where the bank holds them: the bank rows its pipeline
+    attached (BankRows)."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
         self.folder, self.manifest = folder, manifest
+        self.logits = logits_of(manifest)
+        self.feature_dim = int(manifest["shape"][2]) - self.logits
         self.rows = BankRows(folder, manifest)
         self.rows.open()  # now: a file of the wrong size is refused before training starts
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.manifest["shape"][2])
 
     @classmethod
     def open(cls, folder: str | Path, cfg: Any, source: Source) -> BankTeacher:
@@ -235,14 +246,23 @@ class BankTeacher:
             raise PekdError(f"feature bank {str(path)!r} does not match this run: {diff}; re-run precompute for "
                             f"this run into a new folder, {command}<new folder>`, or point teacher.bank at a bank "
                             "built for this run")
+        if cfg.method.kd_weight > 0 and not logits_of(manifest):
+            raise PekdError(f"feature bank {str(path)!r} holds no teacher logits, which Hinton KD (method.kd_weight="
+                            f"{cfg.method.kd_weight}) reads; build a bank with them into a new folder, {command}"
+                            "<new folder>` (a KD run's precompute stores them; bank.logits=true makes any run's "
+                            "bank store them), or use teacher.mode=online")
         teacher = cls(path, manifest)
         checksums.verify(path, manifest, teacher.rows.open())
         return teacher
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, None]:
-        """The batch's teacher features as float32 on the images' device (upcasting fp16 is exact). A batch
-        without rows (one a bench or test made itself, not a training loader) has them gathered here."""
-        features = batch.features if batch.features is not None else self.rows(batch).features
-        assert features is not None
-        return features.to(images.device, non_blocking=True).float(), None
+    def __call__(self, images: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's teacher features, and logits where the bank holds them, as float32 on the images' device
+        (upcasting fp16 is exact). A batch without rows (one a bench or test made itself, not a training loader)
+        has them gathered here."""
+        rows = batch.features if batch.features is not None else self.rows(batch).features
+        assert rows is not None
+        rows = rows.to(images.device, non_blocking=True).float()
+        if not self.logits:
+            return rows, None
+        return rows[:, :self.feature_dim].contiguous(), rows[:, self.feature_dim:].contiguous()

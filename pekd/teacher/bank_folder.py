@@ -19,27 +19,35 @@ from pekd.engine.lease import FOLDER as LEASE_FOLDER
 from pekd.engine.lease import Lease, live_holder
 from pekd.errors import PekdError
 from pekd.teacher import allocation, bank, build_lease, chunks
-from pekd.teacher.manifest import FORMAT
+from pekd.teacher.manifest import FORMAT, logits_of
 from pekd.teacher.write_errors import write_error
 
 # A partial build may only be resumed by a build that would write the same bytes.
-RESUME_CHECKED = [*bank.CHECKED, "shape", "chunk", "precision.amp", "precision.channels_last"]
+RESUME_CHECKED = [*bank.CHECKED, "logits", "shape", "chunk", "precision.amp", "precision.channels_last"]
+# A format-5 build in progress writes format 6's bytes (its rows hold no logits): the same command resumes it.
+BUILD_FORMATS_RESUMED = (5, FORMAT)
 
 
 def inspect(folder: Path, spec: dict[str, Any]) -> str:
     """Read-only: 'sealed' (nothing to do), 'resume' (a matching partial build) or 'new' (nothing built yet)."""
     where = f"feature bank folder {str(folder)!r}"
     if (folder / bank.MANIFEST).is_file():
-        diff = bank.bank_difference(bank.read_record(folder / bank.MANIFEST, sealed=True), spec)
+        manifest = bank.read_record(folder / bank.MANIFEST, sealed=True)
+        diff = bank.bank_difference(manifest, spec)
         if diff:
             raise PekdError(f"{where} already holds a finished bank of another run ({diff}); choose another "
                             "teacher.bank, or move the folder aside to rebuild it")
+        if spec["logits"] and not logits_of(manifest):
+            raise PekdError(f"{where} already holds a finished bank of this run's features without the teacher's "
+                            "logits, which this run asks for (bank.logits=true, or a KD run); build the bank with "
+                            "logits into another teacher.bank, or move the folder aside to rebuild it")
         return "sealed"
     if (folder / bank.BUILDING).is_file():
         building = bank.read_record(folder / bank.BUILDING, sealed=False)
-        if building["format"] != FORMAT:
+        if building["format"] not in BUILD_FORMATS_RESUMED:
             raise PekdError(f"{where} holds an unfinished build of an older pekd (format {building['format']}, "
                             f"without content checksums); move the folder aside or delete it, and build again")
+        building = {"logits": 0, **building, "format": FORMAT}
         diff = bank.first_difference(building, spec, RESUME_CHECKED)
         if diff:
             raise PekdError(f"{where} holds an unfinished build of another config ({diff}); resume it with its "

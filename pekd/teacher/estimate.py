@@ -15,7 +15,7 @@ import numpy as np
 
 from pekd.data.pipelines import Passes
 from pekd.teacher.bank_views import BankViews
-from pekd.teacher.row_writer import RowWriter
+from pekd.teacher.row_writer import RowWriter, bank_row
 
 
 def duration(seconds: float) -> str:
@@ -33,8 +33,7 @@ def images_per_second(passes: Passes, teacher: Any, spec: dict[str, Any], batche
     writer = RowWriter(rows, spec["dtype"])  # type: ignore[arg-type]
     timed, t0 = 0, time.perf_counter()
     for batch in passes.run(0, batches):
-        feat, _ = teacher(batch)
-        writer.add(0, batch.index.cpu().numpy(), feat)
+        writer.add(0, batch.index.cpu().numpy(), bank_row(*teacher(batch), spec))
         timed += len(batch)
     writer.flush()
     return timed / max(time.perf_counter() - t0, 1e-9)

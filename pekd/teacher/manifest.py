@@ -14,13 +14,15 @@ import re
 from typing import Any
 
 # 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed; 4: content checksums; 5: exact
-# banks (views.exact: every view of a finite augmentation, numbered by pekd.data.view_space)
-FORMAT = 5
-# read as banks of drawn views (views.exact false, all they could be); format 3 also with a warning: the same rows,
-# but nothing to verify them against
-LEGACY_FORMATS = (3, 4)
+# banks (views.exact: every view of a finite augmentation, numbered by pekd.data.view_space); 6: the teacher's
+# logits may follow the feature in each row ("logits": how many columns, 0 for none)
+FORMAT = 6
+# 3 and 4 are read as banks of drawn views (views.exact false, all they could be); format 3 also with a warning:
+# the same rows, but nothing to verify them against. 5 is 6 without logits, byte for byte
+LEGACY_FORMATS = (3, 4, 5)
 CHECKSUMS_SINCE = 4
 EXACT_SINCE = 5
+LOGITS_SINCE = 6
 DTYPES = ("float16", "float32")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,6 +44,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "views.pixels": (str,),
     "dtype": (str,),
     "shape": (list,),
+    "logits": (int,),
     "file": (str,),
     "chunk": (int,),
     "precision.amp": (str,),
@@ -84,12 +87,16 @@ def check_spec(record: dict[str, Any], sealed: bool) -> None:
     if fmt != FORMAT and fmt not in LEGACY_FORMATS:
         raise Malformed(f"it is format {fmt!r}; this pekd reads formats {[*LEGACY_FORMATS, FORMAT]}")
     fields = SEALED_FIELDS if sealed else SPEC_FIELDS
-    _check_types(record, {k: v for k, v in fields.items() if fmt >= EXACT_SINCE or k != "views.exact"})
+    since = {"views.exact": EXACT_SINCE, "logits": LOGITS_SINCE}
+    _check_types(record, {k: v for k, v in fields.items() if fmt >= since.get(k, 0)})
     shape, k, n = record["shape"], record["views"]["K"], record["data"]["n"]
     if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise Malformed(f"'shape' is {shape!r}, not [K, N, d] of positive integers")
     if shape[:2] != [k, n]:
         raise Malformed(f"'shape' {shape} does not start with views.K={k} and data.n={n}")
+    if not 0 <= logits_of(record) < shape[2]:
+        raise Malformed(f"'logits' is {record['logits']}, not 0 or the number of a row's {shape[2]} columns that are "
+                        "the teacher's logits (after its feature)")
     if record["dtype"] not in DTYPES:
         raise Malformed(f"'dtype' is {record['dtype']!r}, not one of {list(DTYPES)}")
     if record["chunk"] <= 0:
@@ -102,3 +109,9 @@ def check_spec(record: dict[str, Any], sealed: bool) -> None:
         bad = next((d for d in digests if not isinstance(d, str) or not _HEX64.match(d)), None)
         if bad is not None:
             raise Malformed(f"'checksums.sha256' holds {bad!r}, not a sha256 hex digest")
+
+
+def logits_of(record: dict[str, Any]) -> int:
+    """How many columns of each row are the teacher's logits (after its feature): 0 in a bank without them, as in
+    every bank before format 6."""
+    return int(record.get("logits", 0))

@@ -37,9 +37,9 @@ from pekd.engine.metrics import progress_bar
 from pekd.engine.rundir import git_revision
 from pekd.errors import PekdError
 from pekd.teacher import bank, bank_folder, bank_views, build_lease, chunks, estimate
-from pekd.teacher.allocation import bank_bytes, decimal_bytes, human_bytes, size_line
+from pekd.teacher.allocation import bank_bytes, decimal_bytes, human_bytes, row_words, size_line
 from pekd.teacher.checksums import chunk_digest
-from pekd.teacher.row_writer import RowWriter
+from pekd.teacher.row_writer import RowWriter, bank_row
 from pekd.teacher.write_errors import write_error
 
 log = logging.getLogger("pekd")
@@ -129,8 +129,7 @@ def compute_chunks(cfg: Any, folder: Path, source: Source, teacher: FrozenTeache
         for batch in passes.run(k, batches):
             assert bool((batch.view == k).all()), "a replay pass must show view k of every sample"
             if len(batch):  # on_corrupt=skip can empty a batch; skipped samples keep zero rows training never reads
-                feat, _ = teacher(batch)
-                writer.add(k, batch.index.cpu().numpy(), feat)
+                writer.add(k, batch.index.cpu().numpy(), bank_row(*teacher(batch), spec))
             if bar is not None:
                 bar.update(len(batch))
             seen += len(batch)
@@ -263,13 +262,14 @@ def dry_run(cfg: Any, sample_batches: int = 4) -> str:
     device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else \
         torch.device("cpu")
     source, teacher, spec = setup(cfg, device)
-    k, n, d = spec["shape"]
+    k, n, _ = spec["shape"]
     size = bank_bytes(spec)
     measured = rate(cfg, source, teacher, spec, sample_batches)
     return "\n".join([
         f"feature bank {Path(cfg.teacher.bank).resolve() if cfg.teacher.bank else '(teacher.bank unset)'}",
-        f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={d}] {spec['dtype']}: {human_bytes(size)} "
-        f"({decimal_bytes(size)}) in {bank.FEATURES}, {chunks.count(spec)} chunks of {spec['chunk']}",
+        f"  teacher {cfg.teacher.name} -> features [K={k}, N={n}, d={row_words(spec)}] {spec['dtype']}: "
+        f"{human_bytes(size)} ({decimal_bytes(size)}) in {bank.FEATURES}, {chunks.count(spec)} chunks of "
+        f"{spec['chunk']}",
         estimate.views_line(bank_views.resolve(cfg, source)),
         f"  augment={cfg.data.augment} image_size={cfg.data.image_size} bank.seed={cfg.bank.seed}; "
         f"amp={cfg.trainer.amp} channels_last={cfg.trainer.channels_last}; measured on one {device.type} process, "

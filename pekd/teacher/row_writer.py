@@ -1,6 +1,9 @@
-"""Teacher features into the bank's memmap, in the bank's dtype, refusing values the dtype cannot hold."""
+"""Teacher features (and logits, where the bank holds them) into the bank's memmap, in the bank's dtype, refusing
+values the dtype cannot hold."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +17,11 @@ def to_bank_dtype(feat: torch.Tensor, dtype: str) -> np.ndarray:
         raise PekdError(f"teacher features are not finite in {dtype} (largest |f| = {feat.float().abs().max():.4g});"
                         " float16 holds at most 65504: use bank.dtype=float32")
     return out
+
+
+def bank_row(feat: torch.Tensor, logits: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """A bank row of the teacher's outputs: its feature, then its logits where the bank holds them."""
+    return torch.cat([feat, logits], 1) if spec.get("logits") else feat
 
 
 class RowWriter:
