@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pekd.engine.status import completed
-from pekd.errors import user_errors_exit
+from pekd.errors import PekdError, user_errors_exit
 from pekd.science.side_by_side import SideBySide, Tally
 from pekd.study import run_dir_of
 
@@ -120,6 +120,21 @@ def teacher_overrides(args: argparse.Namespace) -> list[str]:
             "name=demo_teacher"]
 
 
+def refuse_an_earlier_demo(out: Path) -> None:
+    """A demo folder of a pekd before banks held logits: its bank has none and its KD runs ran the teacher online,
+    so this demo would refuse both, one after the other. Say at once what to do, before anything is written."""
+    import json
+
+    manifest = out / "bank" / "manifest.json"
+    try:
+        has_logits = json.loads(manifest.read_text()).get("logits", 0)
+    except (OSError, ValueError, AttributeError):
+        return  # no bank yet, or a damaged one: precompute says which, in its own line
+    if not has_logits:
+        raise PekdError(f"{out} holds a demo of an earlier pekd (its feature bank has no teacher logits, which the "
+                        f"demo's KD runs now read); move it aside (mv {out} {out}.old) or give --out a new folder")
+
+
 def milestones(epochs: int) -> list[int]:
     """lr x0.1 at 60% and 85% of the epochs, as the paper's recipe (150 and 210 of 240) roughly does."""
     return sorted({max(1, int(epochs * 0.6)), max(1, int(epochs * 0.85))})
@@ -175,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     phases: dict[str, float] = {}
 
+    refuse_an_earlier_demo(out)
     print(f"== teacher resnet20: {args.teacher_subset} images, {args.teacher_epochs} epochs", flush=True)
     teacher = _train(teacher_overrides(args))
     print(f"   top-1 {teacher['last_top1']:.2f}% ({teacher['seconds']:.0f} s)", flush=True)

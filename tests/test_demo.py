@@ -64,3 +64,17 @@ def test_the_demo_tests_both_claims_paired_by_seed(tmp_path: Path) -> None:
                if STEP_LINE.search(line)]
     console = (done.stdout + done.stderr).splitlines()
     assert teacher and [line for line in console if STEP_LINE.search(line)] == teacher
+
+
+def test_a_demo_folder_of_an_earlier_pekd_is_one_line_before_any_write(tmp_path: Path) -> None:
+    """Its bank holds no teacher logits (format 5) and its KD runs ran the teacher online: refused at once, naming
+    the way out, instead of a teacher retrained and then a bank error."""
+    out = tmp_path / "demo"
+    (out / "bank").mkdir(parents=True)
+    (out / "bank" / "manifest.json").write_text(json.dumps({"format": 5, "shape": [2, 500, 64]}))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    done = subprocess.run([sys.executable, "-m", "pekd.demo", "--out", str(out)], cwd=REPO, env=env_for(0, 1, 0),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: {out} holds a demo of an earlier pekd") and f"mv {out} " in done.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
