@@ -33,7 +33,7 @@ def soak(env: Env, n: int, seed: int, chunk: int, steps: int) -> list[str]:
     model = machine(env)
     for i in range(max(1, n // chunk)):
         t0 = time.monotonic()
-        before = env.figures["sequences"]
+        before, found = env.figures["sequences"], len(env.found)
         try:
             run_state_machine_as_test(with_seed(seed + i)(lambda: model()), settings=settings(
                 max_examples=chunk, stateful_step_count=steps, deadline=None, database=None, print_blob=True,
@@ -41,7 +41,7 @@ def soak(env: Env, n: int, seed: int, chunk: int, steps: int) -> list[str]:
             verdict = "ok"
         except Exception as e:  # noqa: BLE001 -- a failed chunk is a finding to report, and the soak goes on
             report = "\n".join(describe(x) for x in getattr(e, "exceptions", [e]))  # hypothesis: one per failure
-            failures.append(f"chunk {i} (seed {seed + i}):\n{report}")
+            failures.append(f"chunk {i} (seed {seed + i}):\n{report}{first_found(env.found[found:])}")
             verdict = "FAILED"
             print(failures[-1], flush=True)
         print(f"chunk {i} (seed {seed + i}): {verdict}, {env.figures['sequences'] - before} sequences "
@@ -54,6 +54,14 @@ def describe(e: BaseException) -> str:
     (hypothesis's FlakyFailure: failed once, then not on replay) with each failure inside it."""
     inner = "".join("\n  " + describe(x).replace("\n", "\n  ") for x in getattr(e, "exceptions", []))
     return "".join(traceback.format_exception_only(e)) + "\n".join(getattr(e, "__notes__", [])) + inner
+
+
+def first_found(found: list[str]) -> str:
+    """The chunk's first violation as it happened (before shrinking, which a Flaky replay can cut short), and how
+    many it had in all: a Flaky error alone no longer says what failed."""
+    if not found:
+        return "\nno invariant failed in this chunk: the error is the harness's or hypothesis's own"
+    return f"\nfirst violation of the chunk, as it happened ({len(found)} in all, shrinking's included):\n{found[0]}"
 
 
 def summary(figures: Counter[str], starts: int, seconds: float, failures: list[str]) -> str:

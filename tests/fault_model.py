@@ -565,6 +565,9 @@ class Env:
     outside_signals: bool = False  # also signal starts from outside at random moments (the soak: not replayable)
     starts: dict[tuple[int, int, int], Path] = field(default_factory=dict)  # RunLife.start's copies
     figures: Counter[str] = field(default_factory=Counter)
+    # every violation as it happened, before any shrinking: with signals from outside a replay can go otherwise
+    # (hypothesis then ends with a Flaky error that no longer says what failed), and the soak reports these
+    found: list[str] = field(default_factory=list)
 
 
 DAMAGE_TARGETS = ("newest", "oldest", "metrics.csv", "results.json", "best.pt", "student.pt")
@@ -592,7 +595,9 @@ class RunLife:
     def fail(self, kind: str, what: str, out: Outcome | None = None) -> None:
         tail = "" if out is None else f"\nexit {out.rc}, stderr:\n{out.stderr[-2500:]}"
         steps = "\n".join(f"  {i + 1}. {e}" for i, e in enumerate(self.events))
-        raise KINDS[kind](f"{what}{tail}\nsequence:\n{steps}")
+        message = f"{what}{tail}\nsequence:\n{steps}"
+        self.env.found.append(f"{KINDS[kind].__name__}: {message}")
+        raise KINDS[kind](message)
 
     def newest(self) -> int:
         return max(self.verified, default=0)
