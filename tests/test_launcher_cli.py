@@ -98,6 +98,22 @@ def test_missing_inputs_are_one_error_line_each_before_the_queue(
     assert code == 2 and len(lines) == 3, err  # each problem once, not once per sweep point
     assert "teacher.bank=" in lines[0] and "manifest.json" in lines[0]
     assert "data.train_beton=" in lines[1] and "data.val_beton=" in lines[2]
+
+
+
+def test_kd_on_a_bank_without_logits_is_one_line_before_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Read from the manifest alone (a bank of format 5, or built for feature runs only): the KD points of a sweep
+    are refused before anything is queued, the FD point is not."""
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "manifest.json").write_text('{"format": 5, "shape": [1, 1437, 64]}')
+    common = [*TINY, "teacher.name=resnet8", f"teacher.weights={tmp_path}/t.pt", "teacher.mode=bank",
+              f"teacher.bank={bank}"]
+    code, _, err = _preview([*common, "method=kd"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: ") and "holds no teacher logits, which Hinton KD reads" in err, err
+    code, _, err = _preview([*common, "method=fd"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
     # a student that waits for its teacher's job may name the file that job is to write
     code, out, err = _preview(["--after", "99", *TINY, "teacher.name=resnet8", f"teacher.weights={tmp_path}/t.pt"],
                               tmp_path, monkeypatch, capsys)

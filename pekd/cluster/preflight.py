@@ -7,6 +7,7 @@ existence and kind are checked (reading an ImageNet tree or hashing a bank is th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def data_problem(cfg: DictConfig) -> str | None:
     return None
 
 
+def _holds_logits(manifest: Path) -> bool:
+    """Whether a sealed bank's manifest says its rows carry the teacher's logits; a manifest that cannot be read is
+    left to the job, whose bank check names what is wrong with it."""
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(record, dict) or bool(record.get("logits", 0))
+
+
 def run_problems(cfg: DictConfig) -> list[str]:
     """Every missing input of one run, one message each."""
     problems = []
@@ -53,9 +64,14 @@ def run_problems(cfg: DictConfig) -> list[str]:
                         "checkpoint on the shared filesystem (docs/recipes-and-teachers.md says where to get one)")
     if cfg.model.weights and not Path(cfg.model.weights).is_file():
         problems.append(f"model.weights={cfg.model.weights!r} does not exist on this node")
-    if _needs_teacher(cfg) and cfg.teacher.mode == "bank" and not (Path(cfg.teacher.bank) / "manifest.json").is_file():
+    manifest = Path(cfg.teacher.bank) / "manifest.json"
+    if _needs_teacher(cfg) and cfg.teacher.mode == "bank" and not manifest.is_file():
         problems.append(f"teacher.bank={cfg.teacher.bank!r} holds no manifest.json (missing or unfinished bank); "
                         "build it with `pekd precompute` first")
+    elif cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0 and not _holds_logits(manifest):
+        problems.append(f"teacher.bank={cfg.teacher.bank!r} holds no teacher logits, which Hinton KD reads; build a "
+                        "bank with them into a new folder (`pekd precompute` with this run's overrides) or use "
+                        "teacher.mode=online")
     if cfg.data.pipeline == "ffcv":
         for key in ("train_beton", "val_beton"):
             value = cfg.data[key]
