@@ -12,6 +12,7 @@ import atexit
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -45,6 +46,9 @@ _AT_EXIT = (b"pekd: Ctrl-C while the process exits: its work is done and written
             b"to end it at once)\n")
 
 
+_AT_THREAD_SHUTDOWN = False
+
+
 def _quiet_interrupts_at_exit() -> None:
     """Once the command's work is over, a Ctrl-C landing in the interpreter's exit handlers (logging's flush,
     multiprocessing's reaper, torch's) raised KeyboardInterrupt inside one of them: Python printed "Exception
@@ -54,18 +58,26 @@ def _quiet_interrupts_at_exit() -> None:
     runs the command in-process keeps its own Ctrl-C handling until then."""
     atexit.unregister(_install_exit_handler)  # once, and after whatever the command registered
     atexit.register(_install_exit_handler)
+    global _AT_THREAD_SHUTDOWN
+    if not _AT_THREAD_SHUTDOWN:  # the interpreter joins non-daemon threads before any atexit handler runs, and a
+        # Ctrl-C there printed "Exception ignored in: <module 'threading'>" with a traceback (found by the fault
+        # soak); threading's own exit hooks run first, the last registered first (concurrent.futures' joins after)
+        threading._register_atexit(_install_exit_handler)  # type: ignore[attr-defined]
+        _AT_THREAD_SHUTDOWN = True
+
+
+_PRESSES = [0]  # Ctrl-Cs during the exit, over both installs (threads' shutdown, then the exit handlers)
+
+
+def _at_exit_ctrl_c(signum: int, frame: object) -> None:
+    _PRESSES[0] += 1
+    if _PRESSES[0] >= 2:
+        os._exit(130)
+    os.write(2, _AT_EXIT)
 
 
 def _install_exit_handler() -> None:
-    presses = [0]
-
-    def handle(signum: int, frame: object) -> None:
-        presses[0] += 1
-        if presses[0] >= 2:
-            os._exit(130)
-        os.write(2, _AT_EXIT)
-
     try:
-        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGINT, _at_exit_ctrl_c)
     except ValueError:  # not the main thread: leave the interpreter's handling
         pass
