@@ -152,9 +152,20 @@ def _run_as_main(main: Callable[[], object]) -> None:
         except (OSError, ValueError):
             pass
     if interrupted:  # CPython ends a process that an uncaught Ctrl-C stopped by SIGINT itself
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        _die_by_sigint()
     os._exit(status)
+
+
+def _die_by_sigint() -> None:
+    """End this process by SIGINT itself, as CPython ends one an uncaught Ctrl-C stopped. A second Ctrl-C that is
+    still pending raises once more before SIGINT's default action is set: take it, and set it again (before the
+    loop, a second Ctrl-C here ended the child with the server's status 98)."""
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            continue
 
 
 # The config keys a start of the recipe varies (all of them keys a resume may change), by recipe() argument.
@@ -266,8 +277,7 @@ def serve(reply_fd: int, folder: Path) -> None:
             try:
                 _child(req, reply_fd)
             except KeyboardInterrupt:  # a Ctrl-C outside main (a second one while the first is reported): a
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # fresh interpreter then ends by SIGINT itself
-                os.kill(os.getpid(), signal.SIGINT)
+                _die_by_sigint()  # fresh interpreter then ends by SIGINT itself
             finally:
                 os._exit(98)
         reply.write(json.dumps({"pid": pid}) + "\n")
@@ -328,6 +338,8 @@ class ForkServer:
         arguments), its stop signal armed at `hook`; returns its pid."""
         self.starts += 1
         self.out, self.err = self.folder / "child.out", self.folder / "child.err"
+        for path in (self.out, self.err):  # emptied here: a child signalled before it opens them leaves the last one's
+            path.write_bytes(b"")
         assert self.proc.stdin is not None
         self.proc.stdin.write((json.dumps({"module": module, "argv": argv, "recipe": values, "hook": hook,
                                            "out": str(self.out), "err": str(self.err)}) + "\n").encode())
