@@ -60,8 +60,8 @@ def _quiet_interrupts_at_exit() -> None:
     atexit.register(_install_exit_handler)
     global _AT_THREAD_SHUTDOWN
     if not _AT_THREAD_SHUTDOWN:  # the interpreter joins non-daemon threads before any atexit handler runs, and a
-        # Ctrl-C there printed "Exception ignored in: <module 'threading'>" with a traceback (found by the fault
-        # soak); threading's own exit hooks run first, the last registered first (concurrent.futures' joins after)
+        # Ctrl-C there printed "Exception ignored in: <module 'threading'>" with a traceback (found looking into the
+        # fault soak's exit -2 reports); threading's own exit hooks run first, the last registered first
         threading._register_atexit(_install_exit_handler)  # type: ignore[attr-defined]
         _AT_THREAD_SHUTDOWN = True
 

@@ -163,8 +163,8 @@ def test_ctrl_c_while_the_process_exits_is_one_line_and_keeps_the_commands_statu
     (here an exit handler registered before the command, so it runs after pekd's, sleeps where torch's or
     multiprocessing's would work), printed "Exception ignored in atexit callback" with a KeyboardInterrupt
     traceback. Now one line, and the exit status is still the command's (3: a stopped run to resume). The same
-    while the interpreter joins a non-daemon thread the command left running, before any exit handler (the soak
-    found it: "Exception ignored in: <module 'threading'>")."""
+    while the interpreter joins a non-daemon thread the command left running, before any exit handler (found
+    looking into the fault soak's exit -2 reports: "Exception ignored in: <module 'threading'>")."""
     slow = {"atexit": "atexit.register(lambda: (print('exiting', flush=True), time.sleep(20)))\n",
             "thread": "threading.Thread(target=lambda: (time.sleep(1), print('exiting', flush=True), "
                       "time.sleep(20))).start()\n"}[where]
