@@ -122,15 +122,11 @@ def teacher_overrides(args: argparse.Namespace) -> list[str]:
 
 def refuse_an_earlier_demo(out: Path) -> None:
     """A demo folder of a pekd before banks held logits: its bank has none and its KD runs ran the teacher online,
-    so this demo would refuse both, one after the other. Say at once what to do, before anything is written."""
-    import json
+    so this demo would refuse both, one after the other. Say at once what to do, before anything is written (no
+    bank yet, or a damaged one, is left to precompute, which says which in its own line)."""
+    from pekd.teacher.manifest import holds_logits
 
-    manifest = out / "bank" / "manifest.json"
-    try:
-        has_logits = json.loads(manifest.read_text()).get("logits", 0)
-    except (OSError, ValueError, AttributeError):
-        return  # no bank yet, or a damaged one: precompute says which, in its own line
-    if not has_logits:
+    if holds_logits(out / "bank" / "manifest.json") is False:
         raise PekdError(f"{out} holds a demo of an earlier pekd (its feature bank has no teacher logits, which the "
                         f"demo's KD runs now read); move it aside (mv {out} {out}.old) or give --out a new folder")
 

@@ -7,13 +7,13 @@ existence and kind are checked (reading an ImageNet tree or hashing a bank is th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from pekd.errors import PekdError
+from pekd.teacher.manifest import holds_logits
 
 
 def _needs_teacher(cfg: DictConfig) -> bool:
@@ -46,16 +46,6 @@ def data_problem(cfg: DictConfig) -> str | None:
     return None
 
 
-def _holds_logits(manifest: Path) -> bool:
-    """Whether a sealed bank's manifest says its rows carry the teacher's logits; a manifest that cannot be read is
-    left to the job, whose bank check names what is wrong with it."""
-    try:
-        record = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return True
-    return not isinstance(record, dict) or bool(record.get("logits", 0))
-
-
 def run_problems(cfg: DictConfig) -> list[str]:
     """Every missing input of one run, one message each."""
     problems = []
@@ -68,7 +58,7 @@ def run_problems(cfg: DictConfig) -> list[str]:
     if _needs_teacher(cfg) and cfg.teacher.mode == "bank" and not manifest.is_file():
         problems.append(f"teacher.bank={cfg.teacher.bank!r} holds no manifest.json (missing or unfinished bank); "
                         "build it with `pekd precompute` first")
-    elif cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0 and not _holds_logits(manifest):
+    elif cfg.teacher.mode == "bank" and cfg.method.kd_weight > 0 and holds_logits(manifest) is False:
         problems.append(f"teacher.bank={cfg.teacher.bank!r} holds no teacher logits, which Hinton KD reads; build a "
                         "bank with them into a new folder (`pekd precompute` with this run's overrides) or use "
                         "teacher.mode=online")

@@ -9,8 +9,10 @@ and the way out.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 # 2: the spec names the pipeline that made the pixels; 3: views keyed by bank.seed; 4: content checksums; 5: exact
@@ -115,3 +117,14 @@ def logits_of(record: dict[str, Any]) -> int:
     """How many columns of each row are the teacher's logits (after its feature): 0 in a bank without them, as in
     every bank before format 6."""
     return int(record.get("logits", 0))
+
+
+def holds_logits(path: Path) -> bool | None:
+    """Whether the sealed bank whose manifest.json is `path` holds the teacher's logits; None where the file cannot
+    be read as an object (no bank yet, or a damaged one: the bank's own checks name what is wrong). Reads the
+    manifest alone: for checks before a build or a queue, without opening or hashing the bank."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return bool(logits_of(record)) if isinstance(record, dict) else None
