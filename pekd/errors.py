@@ -32,14 +32,36 @@ def user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PekdError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except Exception as e:
+            if not _raised_by_ctrl_c(e):
+                raise
+            _interrupted()
         except KeyboardInterrupt:
-            print("interrupted (Ctrl-C): files already written are whole; run the same command again to go on",
-                  file=sys.stderr, flush=True)
-            sys.exit(130)
+            _interrupted()
         finally:
             _quiet_interrupts_at_exit()
 
     return wrapper
+
+
+def _interrupted() -> None:
+    print("interrupted (Ctrl-C): files already written are whole; run the same command again to go on",
+          file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def _raised_by_ctrl_c(e: BaseException) -> bool:
+    """Whether `e` was raised while a Ctrl-C was being handled: a library's cleanup can fail on the state the
+    interrupt left and replace the KeyboardInterrupt (the fault soak found OmegaConf's flag_override raising a
+    ConfigKeyError from a half-built config, a traceback and exit 1 for a Ctrl-C while the config was composed)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 _AT_EXIT = (b"pekd: Ctrl-C while the process exits: its work is done and written; it goes on exiting (press again "

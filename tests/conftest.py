@@ -23,10 +23,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most tests' children train on one
     thread, so a second worker fills the second core. Each module's tests stay on one worker, so its module-scoped
     fixtures (reference runs, banks, data sets, the fault model's fork server) are built once; the tests that use
-    the local SLURM cluster stay together on one worker, which starts the session's one cluster."""
+    the local SLURM cluster stay together on one worker, which starts the session's one cluster. They come first:
+    the longest group (a third of the suite, mostly waiting on the scheduler) started last would end last, alone."""
+    def uses_slurm(item: pytest.Item) -> bool:
+        return "slurm_cluster" in getattr(item, "fixturenames", ())
+
+    items.sort(key=lambda item: not uses_slurm(item))  # stable: each part keeps its order
     for item in items:
-        uses_slurm = "slurm_cluster" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("slurm" if uses_slurm else item.nodeid.split("::")[0]))
+        item.add_marker(pytest.mark.xdist_group("slurm" if uses_slurm(item) else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

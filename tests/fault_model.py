@@ -31,22 +31,18 @@ Used by tests/test_fault_model.py (the suite's share) and bench/fault_model.py (
 
 from __future__ import annotations
 
-import atexit
 import csv
-import ctypes
 import importlib
 import json
 import logging
 import math
 import os
-import runpy
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -56,6 +52,7 @@ from typing import Any
 
 from tests.train_helpers import REPO, TINY, env_for
 from tests.train_helpers import train as train_process
+from tests.warm_start import become_fresh, die_by_sigint, run_as_main, run_module
 
 # ------------------------------------------------------------------ the recipe
 STEPS_PER_EPOCH = 5  # data.subset=160 at batch 32
@@ -120,54 +117,6 @@ def _arm(point: str, n: int, sig: str) -> None:
     sys.setprofile(profile)
 
 
-def _exit_status(code: object) -> int:
-    """What the interpreter makes of SystemExit(code)."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _run_as_main(main: Callable[[], object]) -> None:
-    """Run `main` as an interpreter runs a program, up to the process's end: the uncaught exception's traceback
-    and status, non-daemon threads joined, atexit handlers, the streams flushed -- then _exit, so nothing of the
-    server runs."""
-    status, interrupted = 0, False
-    try:
-        main()
-    except SystemExit as e:
-        status = _exit_status(e.code)
-    except BaseException as e:
-        sys.setprofile(None)
-        sys.excepthook(type(e), e, e.__traceback__)
-        status, interrupted = 1, isinstance(e, KeyboardInterrupt)
-    sys.setprofile(None)
-    threading._shutdown()  # type: ignore[attr-defined]  -- what Py_FinalizeEx does first
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    if interrupted:  # CPython ends a process that an uncaught Ctrl-C stopped by SIGINT itself
-        _die_by_sigint()
-    os._exit(status)
-
-
-def _die_by_sigint() -> None:
-    """End this process by SIGINT itself, as CPython ends one an uncaught Ctrl-C stopped. A second Ctrl-C that is
-    still pending raises once more before SIGINT's default action is set: take it, and set it again (before the
-    loop, a second Ctrl-C here ended the child with the server's status 98)."""
-    while True:
-        try:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        except KeyboardInterrupt:
-            continue
-
-
 # The config keys a start of the recipe varies (all of them keys a resume may change), by recipe() argument.
 VARIED = {"ckpt_every": "trainer.ckpt_every_steps", "keep_last": "trainer.keep_last", "max_steps": "trainer.max_steps",
           "run_dir": "run_dir"}
@@ -193,6 +142,7 @@ def _train_main(values: dict[str, Any]) -> None:
 
     @user_errors_exit
     def main() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held since the fork lands here
         try:
             results = run(_recipe_config(values))
         finally:
@@ -205,26 +155,19 @@ def _train_main(values: dict[str, Any]) -> None:
 
 def _child(req: dict[str, Any], reply_fd: int) -> None:
     os.close(reply_fd)
-    os.setsid()  # its own process group, like train_helpers.Child: killed whole at a deadline
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlives the server
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                            (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        opened = os.open(path, flags, 0o644)
-        os.dup2(opened, fd)
-        os.close(opened)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a fresh interpreter's dispositions
-    for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
-        signal.signal(s, signal.SIG_DFL)
+    become_fresh(*(os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for name in ("out", "err")))
     if req.get("recipe") is not None:
+        # A Ctrl-C from outside is held until pekd's entry point runs: in a real process the time before it is the
+        # interpreter's start and pekd.train's own import, where CPython's KeyboardInterrupt traceback is what any
+        # program gets; here it was the harness's own lines (the soak's seed-74 chunk: a traceback from functools.wraps)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         sys.argv = ["pekd.train", *recipe(**{k: v for k, v in req["recipe"].items()})]
         main: Callable[[], object] = lambda: _train_main(req["recipe"])  # noqa: E731
     else:
-        sys.argv = [req["module"], *req["argv"]]
-        sys.modules.pop(req["module"], None)  # run as __main__: imported by name, a second copy, as with `python -m`
-        main = lambda: runpy.run_module(req["module"], run_name="__main__", alter_sys=True)  # noqa: E731
+        main = run_module(req["module"], req["argv"], str(REPO))
     if req.get("hook"):
         _arm(*req["hook"])
-    _run_as_main(main)
+    run_as_main(main)
 
 
 def _preload(folder: Path) -> None:
@@ -277,7 +220,7 @@ def serve(reply_fd: int, folder: Path) -> None:
             try:
                 _child(req, reply_fd)
             except KeyboardInterrupt:  # a Ctrl-C outside main (a second one while the first is reported): a
-                _die_by_sigint()  # fresh interpreter then ends by SIGINT itself
+                die_by_sigint()  # fresh interpreter then ends by SIGINT itself
             finally:
                 os._exit(98)
         reply.write(json.dumps({"pid": pid}) + "\n")

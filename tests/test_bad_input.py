@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pekd.train
-from tests.train_helpers import REPO, TINY, env_for, train
+from tests.train_helpers import TINY, run_python, train
 
 # The finished run every `at_run` case points at: CE alone, one epoch.
 RUN = TINY + ["method=ce", "teacher=none", "trainer.epochs=1", "trainer.milestones=[1]"]
@@ -156,8 +154,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(name: str, finished: Pa
     before_target = target.read_bytes() if target.is_file() else None
 
     if case.subprocess:
-        proc = subprocess.run([sys.executable, "-m", "pekd.train", *args], capture_output=True, text=True,
-                              cwd=REPO, env=env_for(0, 1, 0), timeout=300)
+        proc = run_python(["-m", "pekd.train", *args])
         code, stderr = proc.returncode, proc.stderr
     else:
         code, stderr = in_process(args, capsys, monkeypatch)
@@ -201,8 +198,7 @@ def test_a_damaged_file_of_the_run_directory_is_one_error_naming_it(name: str, f
     for target in targets:
         target.write_bytes(damage)
     before = snapshot(run_dir)
-    proc = subprocess.run([sys.executable, "-m", "pekd.train", *RUN, f"run_dir={run_dir}"], capture_output=True,
-                          text=True, cwd=REPO, env=env_for(0, 1, 0), timeout=300)
+    proc = run_python(["-m", "pekd.train", *RUN, f"run_dir={run_dir}"])
     needle = str(run_dir / relative) if "*" not in relative else str(run_dir / "checkpoints")
     assert_one_error_line(proc.returncode, proc.stderr, needle)
     assert way_out in proc.stderr.splitlines()[-1]
@@ -222,7 +218,6 @@ def test_readers_of_a_run_directory_name_its_damaged_config(reader: str, finishe
     shutil.copytree(finished, run_dir)
     (run_dir / "config.yaml").write_bytes(DAMAGED["config_yaml_garbage"][1])
     before = snapshot(run_dir)
-    proc = subprocess.run([sys.executable, "-m", reader, str(run_dir)], capture_output=True, text=True, cwd=REPO,
-                          env=env_for(0, 1, 0), timeout=300)
+    proc = run_python(["-m", reader, str(run_dir)])
     assert_one_error_line(proc.returncode, proc.stderr, str(run_dir / "config.yaml"))
     assert snapshot(run_dir) == before

@@ -3,15 +3,12 @@ run with one error (not a silent CPU run), and a CPU-only torch build cannot sub
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from launchers.submit import main as submit
 from pekd.engine.devices import allocated_gpus, check_cuda_usable
-from tests.train_helpers import REPO, TINY, env_for
+from tests.train_helpers import TINY, env_for, run_python
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch that sees no GPU")
 
@@ -22,8 +19,7 @@ def test_allocated_gpus_torch_cannot_use_are_one_error(tmp_path, var, value):
     """The real entry point, ~10 s each: exit 2, one line naming both CUDA sides and the fix, nothing written."""
     env = {k: v for k, v in env_for(0, 1, 0).items() if k != "CUDA_VISIBLE_DEVICES"} | {var: value}
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "pekd.train", *TINY, "method=ce", "teacher=none", f"run_dir={run_dir}"],
-                       env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = run_python(["-m", "pekd.train", *TINY, "method=ce", "teacher=none", f"run_dir={run_dir}"], env)
     assert p.returncode == 2, p.stderr[-3000:]
     [line] = p.stderr.strip().splitlines()
     assert line.startswith(f"error: GPUs were allocated ({var}={value}) but torch sees none: torch "

@@ -284,7 +284,7 @@ def test_sigterm_storm_inside_checkpoint_writes_stops_once_with_only_valid_check
     hits, deadline = 0, time.monotonic() + 300
     while proc.poll() is None:
         assert time.monotonic() < deadline, "the trainer did not stop within 300 s of the storm's start"
-        os.kill(proc.pid, signal.SIGTERM)  # unreaped until poll() says it exited: the pid is still this child's
+        proc.send_signal(signal.SIGTERM)  # unreaped until poll() says it exited: the pid is still this child's
         hits += 1
         time.sleep(0.0002)  # a busy loop would starve the trainer of CPU
     [(rc, err)] = wait([proc])

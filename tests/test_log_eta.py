@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from pekd.cluster.run_files import STEP_LINE
 from pekd.engine.metrics import Metrics, TrainStats, steps_left
 from pekd.engine.progress import Progress, duration_text
-from tests.train_helpers import REPO, TINY, env_for
+from tests.train_helpers import TINY, run_python
 
 
 class Lines(logging.Handler):
@@ -69,10 +67,9 @@ def test_the_eta_counts_the_pace_since_the_last_log_line(tmp_path: Path) -> None
 
 def test_a_run_stopped_by_max_steps_logs_an_eta_that_reaches_zero_there(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "pekd.train", *TINY, "method=ce", "teacher=none",
-                           "data.subset=320", "data.val_subset=100", "trainer.epochs=3", "trainer.max_steps=12",
-                           "trainer.log_every_steps=4", f"run_dir={run_dir}"], cwd=REPO, env=env_for(0, 1, 0),
-                          capture_output=True, text=True, timeout=300)
+    done = run_python(["-m", "pekd.train", *TINY, "method=ce", "teacher=none", "data.subset=320",
+                       "data.val_subset=100", "trainer.epochs=3", "trainer.max_steps=12", "trainer.log_every_steps=4",
+                       f"run_dir={run_dir}"])
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in (run_dir / "logs" / "rank0.log").read_text().splitlines() if STEP_LINE.search(line)]
     assert [STEP_LINE.search(line).group(2) for line in lines] == ["4", "8", "10", "12"]

@@ -23,7 +23,19 @@ from pekd.engine import checkpoint as ckpt
 from pekd.engine.files import atomic_write_bytes
 from pekd.engine.lease import Holder, Lease, lease_path
 from pekd.errors import PekdError
-from tests.train_helpers import REPO, TINY, env_for, final_model, remount, spawn, start, tmpfs, train, until, wait
+from tests.train_helpers import (
+    TINY,
+    env_for,
+    final_model,
+    remount,
+    run_python,
+    spawn,
+    start,
+    tmpfs,
+    train,
+    until,
+    wait,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -157,6 +169,41 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130() -> None:
     assert rc == 130 and "Traceback" not in err and err.startswith("interrupted (Ctrl-C)"), err
 
 
+def test_ctrl_c_that_a_librarys_cleanup_turns_into_another_error_is_still_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the fault soak: a Ctrl-C while OmegaConf built a config left it half-built, and OmegaConf's
+    flag_override cleanup then failed on it and raised a ConfigKeyError in the KeyboardInterrupt's place: a
+    traceback and exit 1. An error raised while a Ctrl-C is handled is the Ctrl-C."""
+    from contextlib import contextmanager
+
+    from pekd.errors import user_errors_exit
+
+    @contextmanager
+    def flags_restored_from(state: dict[str, object]):
+        try:
+            yield
+        finally:
+            state["flags"].restore()  # type: ignore[attr-defined]  -- the interrupt left it None
+
+    @user_errors_exit
+    def compose() -> None:
+        state: dict[str, object] = {"flags": None}
+        with flags_restored_from(state):
+            raise KeyboardInterrupt  # where the signal landed
+
+    with pytest.raises(SystemExit) as exit_:
+        compose()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted (Ctrl-C)")
+
+    @user_errors_exit
+    def a_bug() -> None:
+        raise AttributeError("a bug keeps its traceback")
+
+    with pytest.raises(AttributeError):
+        a_bug()
+
+
 @pytest.mark.parametrize("status,where", [(0, "atexit"), (3, "atexit"), (3, "thread")])
 def test_ctrl_c_while_the_process_exits_is_one_line_and_keeps_the_commands_status(status: int, where: str) -> None:
     """The fault model's most frequent finding: a Ctrl-C landing in an exit handler, after the command's work
@@ -165,9 +212,9 @@ def test_ctrl_c_while_the_process_exits_is_one_line_and_keeps_the_commands_statu
     traceback. Now one line, and the exit status is still the command's (3: a stopped run to resume). The same
     while the interpreter joins a non-daemon thread the command left running, before any exit handler (found
     looking into the fault soak's exit -2 reports: "Exception ignored in: <module 'threading'>")."""
-    slow = {"atexit": "atexit.register(lambda: (print('exiting', flush=True), time.sleep(20)))\n",
+    slow = {"atexit": "atexit.register(lambda: (print('exiting', flush=True), time.sleep(6)))\n",
             "thread": "threading.Thread(target=lambda: (time.sleep(1), print('exiting', flush=True), "
-                      "time.sleep(20))).start()\n"}[where]
+                      "time.sleep(6))).start()\n"}[where]
     code = ("import atexit, signal, sys, threading, time\nfrom pekd.errors import user_errors_exit\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             f"{slow}@user_errors_exit\ndef main():\n    sys.exit({status})\nmain()\n")
@@ -310,8 +357,7 @@ def test_report_and_training_into_a_read_only_folder_are_one_line(read_only_disk
     run_dir = tmp_path / "run"
     [(rc, err)] = train(ce(run_dir, "trainer.max_steps=1"))
     assert rc == 0, err[-3000:]
-    done = subprocess.run([sys.executable, "-m", "pekd.report", str(run_dir), "--out", str(read_only_disk / "r")],
-                          cwd=REPO, env=env_for(0, 1, 0), capture_output=True, text=True, timeout=300)
+    done = run_python(["-m", "pekd.report", str(run_dir), "--out", str(read_only_disk / "r")])
     assert "read-only" in one_error(done.returncode, done.stderr)
 
 

@@ -20,18 +20,18 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pekd.engine.metrics_csv import HEADER, MetricsCSV
-from tests.train_helpers import REPO, TINY
+from tests.train_helpers import REPO, TINY, run_python
 
 RUN = [*TINY, "method=ce", "teacher=none", "trainer.epochs=1", "trainer.milestones=[1]", "trainer.progress=true",
        "trainer.log_every_steps=5"]
 
 
 def _train(run_dir: Path, terminal: bool) -> str:
-    """Run with stderr on a pseudo-terminal (terminal=True) or a pipe; returns what the console got."""
+    """Run with stderr on a pseudo-terminal (terminal=True) or a file; returns what the console got."""
     argv = [sys.executable, "-m", "pekd.train", *RUN, f"run_dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if not terminal:
-        out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        out = run_python(argv[1:], timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout + out.stderr
     leader, follower = pty.openpty()
@@ -101,8 +101,7 @@ def test_precompute_draws_no_bar_off_a_terminal(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "pekd.precompute", *TINY, "teacher.name=resnet8",
             f"teacher.weights={run_dir / 'student.pt'}", f"teacher.bank={tmp_path / 'bank'}", "bank.views=1",
             "trainer.progress=true"]
-    out = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                         text=True, timeout=600)
+    out = run_python(argv[1:], timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "images in" in out.stdout + out.stderr
     assert "teacher features" not in out.stdout + out.stderr, out.stderr  # the bar's frames (text mode reads \r as \n)

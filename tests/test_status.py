@@ -12,8 +12,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from pekd.engine.lease import current_holder, live_holder
 from slurm.local_cluster import LocalCluster
 from tests.launcher_helpers import cpu_args
 from tests.slurm_fixture import slurm_cluster, slurm_env, wait_for  # noqa: F401 (fixtures)
-from tests.train_helpers import REPO, TINY, start, until, wait
+from tests.train_helpers import TINY, run_python, start, until, wait
 
 RECIPE = [*TINY, "method=ce", "teacher=none", "data.subset=320", "data.val_subset=100"]  # 10 steps an epoch
 
@@ -154,8 +152,7 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("")
     for folder, needle in ((tmp_path / "empty", "no pekd runs under"), (tmp_path / "file", "is not a folder")):
-        proc = subprocess.run([sys.executable, "-m", "pekd.cluster.status", str(folder)], capture_output=True,
-                              text=True, cwd=REPO, timeout=60)
+        proc = run_python(["-m", "pekd.cluster.status", str(folder)], timeout=60)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr.startswith("error: ") and needle in proc.stderr and proc.stderr.count("\n") == 1
 

@@ -2,15 +2,13 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pekd.models import read_weights
-from tests.train_helpers import REPO, TINY, train
+from tests.train_helpers import REPO, TINY, run_python, train
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +50,7 @@ def test_pefd_student_trains_and_logs_every_term(teacher, tmp_path):
 
 
 def run_cli(args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "pekd.train", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return run_python(["-m", "pekd.train", *args], cwd=cwd)
 
 
 def assert_one_line_error(proc, *needles):

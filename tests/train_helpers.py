@@ -90,8 +90,37 @@ def until(condition: Callable[[], bool], what: str, timeout: float = 300, procs:
         time.sleep(interval)
 
 
-def spawn(args: list[str], env: dict[str, str], cwd: Path = REPO, **kwargs: Any) -> Child:
+_SERVERS: dict[tuple[tuple[str, str], ...], Any] = {}  # tests.warm_start.Server by import-time environment
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path = REPO, warm: bool = True,
+          **kwargs: Any) -> Child | Any:
+    """`python args` as a child: warm for `-m module ...` (tests/warm_start.py: forked by a server that has
+    imported torch with the same import-time environment, seconds less a start), else cold. `warm=False` for the
+    tests whose subject is a fresh interpreter; PEKD_TESTS_COLD=1 makes every start cold (to compare the suite
+    both ways)."""
+    if warm and args[:1] == ["-m"] and not kwargs and os.environ.get("PEKD_TESTS_COLD") != "1":
+        from tests import warm_start
+
+        key = warm_start.import_time_env(env)
+        if key not in _SERVERS or _SERVERS[key].proc.poll() is not None:
+            _SERVERS[key] = warm_start.Server(env, REPO)
+        child = warm_start.WarmChild(_SERVERS[key], args[1], args[2:], env, cwd)
+        LIVE.append(child)
+        return child
     return Child([sys.executable, *args], env=env, cwd=cwd, **kwargs)
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """subprocess.run([python, *args], capture_output=True, text=True) through `spawn`: warm where it can be."""
+    child = spawn(args, env_for(0, 1, 0) if env is None else env, cwd)
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill_group()
+        raise
+    return subprocess.CompletedProcess([sys.executable, *args], child.returncode, *child.output())
 
 
 def start(overrides: list[str], world: int = 1) -> list[Child]:
