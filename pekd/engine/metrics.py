@@ -142,6 +142,8 @@ class Metrics:
                 self.writer.add_scalar(tag, v, step)
             self.flush()
         if self.csv is not None:
+            if self.check is not None:  # again: a freeze during TensorBoard's writes (milliseconds) could lose the
+                self.check()  # lease, and these rows would land among the new owner's (a suite run caught one)
             self.csv.add(step, values)
         if self.tracker is not None:
             self.tracker.log(step, values)
