@@ -47,6 +47,9 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/pekd_gpu_check.XXXXXX")
 RESULTS=$WORK/results LOGS=$WORK/logs SITE=$WORK/site
 mkdir -p "$RESULTS" "$LOGS"
 export GPU_CHECK_RESULTS=$RESULTS GPU_CHECK_WORK=$WORK PYTHONUNBUFFERED=1 GPU_CHECK_WHEELHOUSE=${GPU_CHECK_WHEELHOUSE:-}
+# Training processes start cold, as on a user's node (tests/train_helpers.spawn would fork them from a server that
+# imported torch: right for the suite's time, not for a check of what a GPU node does from a plain start).
+export PEKD_TESTS_COLD=1
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
 TEE_PID=$!
