@@ -44,8 +44,9 @@ from typing import Any
 PRELOAD = ("numpy", "omegaconf", "hydra", "torch", "torch._dynamo", "torch.distributed", "torch.utils.tensorboard",
            "tensorboard", "sklearn.datasets")
 # Environment variables that the preloaded libraries (or the interpreter) read when imported: a child whose value
-# of any of them differs from the server's would not see it, so it is started cold. CUDA's (CUDA_VISIBLE_DEVICES:
-# tests/conftest.py hides the GPU from most children) are read when CUDA is first used, which the server never does.
+# of any of them differs from the server's would not see it, so it gets a server of its own. CUDA's
+# (CUDA_VISIBLE_DEVICES: tests/conftest.py hides the GPU from most children) are read when CUDA is first used,
+# which the server never does.
 IMPORT_TIME_ENV = ("TORCH", "PYTORCH", "OMP_", "KMP_", "MKL", "GOMP_", "OPENBLAS", "ONEDNN", "DNNL", "ATEN",
                    "PYTHON", "LD_", "SKLEARN", "HYDRA")
 
