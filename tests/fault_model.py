@@ -52,7 +52,7 @@ from typing import Any
 
 from tests.train_helpers import REPO, TINY, env_for
 from tests.train_helpers import train as train_process
-from tests.warm_start import become_fresh, die_by_sigint, run_as_main, run_module
+from tests.warm_start import PRELOAD, become_fresh, die_by_sigint, read_all, run_as_main, run_module
 
 # ------------------------------------------------------------------ the recipe
 STEPS_PER_EPOCH = 5  # data.subset=160 at batch 32
@@ -174,8 +174,7 @@ def _preload(folder: Path) -> None:
     """Import everything a start imports and train the recipe a few steps (over an epoch end) once, so a child
     pays neither the imports nor torch's first-use set-up. Torch runs on one thread here: a forked child must not
     inherit a thread pool it lacks the threads of."""
-    for module in ("torch", "torch.utils.tensorboard", "sklearn.datasets", "tensorboard", "pekd.train",
-                   "pekd.evaluate", "pekd.engine.trainer"):
+    for module in (*PRELOAD, "pekd.train", "pekd.evaluate", "pekd.engine.trainer"):
         importlib.import_module(module)
     import logging
 
@@ -260,7 +259,7 @@ class ForkServer:
         self._read(300, "the fork server to import torch and pekd")
 
     def output(self) -> str:
-        return os.pread(self.log.fileno(), os.fstat(self.log.fileno()).st_size, 0).decode(errors="replace")
+        return read_all(self.log)
 
     def _read(self, timeout: float, what: str) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from tests.warm_start import Server, WarmChild, import_time_env, read_all
+
 REPO = Path(__file__).resolve().parent.parent
 
 # A tiny, deterministic recipe on sklearn's digits: ~1.4k images, 8x8, resnet8.
@@ -61,8 +63,7 @@ class Child(subprocess.Popen):
 
     def output(self) -> tuple[str, str]:
         """Everything the child wrote so far to stdout and stderr."""
-        return tuple(os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
-                     for f in (self.out_file, self.err_file))  # type: ignore[return-value]
+        return read_all(self.out_file), read_all(self.err_file)
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -90,22 +91,20 @@ def until(condition: Callable[[], bool], what: str, timeout: float = 300, procs:
         time.sleep(interval)
 
 
-_SERVERS: dict[tuple[tuple[str, str], ...], Any] = {}  # tests.warm_start.Server by import-time environment
+_SERVERS: dict[tuple[tuple[str, str], ...], Server] = {}  # by import-time environment
 
 
 def spawn(args: list[str], env: dict[str, str], cwd: Path = REPO, warm: bool = True,
-          **kwargs: Any) -> Child | Any:
+          **kwargs: Any) -> Child | WarmChild:
     """`python args` as a child: warm for `-m module ...` (tests/warm_start.py: forked by a server that has
     imported torch with the same import-time environment, seconds less a start), else cold. `warm=False` for the
     tests whose subject is a fresh interpreter; PEKD_TESTS_COLD=1 makes every start cold (to compare the suite
     both ways)."""
     if warm and args[:1] == ["-m"] and not kwargs and os.environ.get("PEKD_TESTS_COLD") != "1":
-        from tests import warm_start
-
-        key = warm_start.import_time_env(env)
+        key = import_time_env(env)
         if key not in _SERVERS or _SERVERS[key].proc.poll() is not None:
-            _SERVERS[key] = warm_start.Server(env, REPO)
-        child = warm_start.WarmChild(_SERVERS[key], args[1], args[2:], env, cwd)
+            _SERVERS[key] = Server(env, REPO)
+        child = WarmChild(_SERVERS[key], args[1], args[2:], env, cwd)
         LIVE.append(child)
         return child
     return Child([sys.executable, *args], env=env, cwd=cwd, **kwargs)

@@ -38,17 +38,22 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # The third-party modules a pekd command imports on its way to a first step, in the order it imports them.
 PRELOAD = ("numpy", "omegaconf", "hydra", "torch", "torch._dynamo", "torch.distributed", "torch.utils.tensorboard",
-           "tensorboard", "sklearn.datasets")
+           "sklearn.datasets")
 # Environment variables that the preloaded libraries (or the interpreter) read when imported: a child whose value
 # of any of them differs from the server's would not see it, so it gets a server of its own. CUDA's
 # (CUDA_VISIBLE_DEVICES: tests/conftest.py hides the GPU from most children) are read when CUDA is first used,
 # which the server never does.
 IMPORT_TIME_ENV = ("TORCH", "PYTORCH", "OMP_", "KMP_", "MKL", "GOMP_", "OPENBLAS", "ONEDNN", "DNNL", "ATEN",
                    "PYTHON", "LD_", "SKLEARN", "HYDRA")
+
+
+def read_all(f: IO[bytes]) -> str:
+    """Everything a child wrote so far to the unnamed file `f` (pread: whatever offset the writer reached)."""
+    return os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
 
 
 # ------------------------------------------------------------------ a child's life, as the interpreter runs it
@@ -239,7 +244,7 @@ class Server:
         assert line.startswith(b'{"ready"'), f"the warm-start server did not start: {line!r} {self.output()}"
 
     def output(self) -> str:
-        return os.pread(self.log.fileno(), os.fstat(self.log.fileno()).st_size, 0).decode(errors="replace")
+        return read_all(self.log)
 
 
     def close(self) -> None:
@@ -301,8 +306,7 @@ class WarmChild:
 
     def output(self) -> tuple[str, str]:
         """Everything the child wrote so far to stdout and stderr."""
-        return tuple(os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
-                     for f in (self.out_file, self.err_file))  # type: ignore[return-value]
+        return read_all(self.out_file), read_all(self.err_file)
 
     def kill_group(self) -> None:
         if self.poll() is None:
