@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.train_helpers import Child, env_for, spawn, until
-from tests.warm_start import WarmChild
+from tests.train_helpers import REPO, Child, env_for, spawn, until
+from tests.warm_start import Server, WarmChild
 
 PROBE = '''
 import atexit, json, os, signal, sys, threading, time
@@ -114,3 +114,15 @@ def test_an_ended_child_keeps_its_pid_until_the_test_has_seen_its_end(probe_dir:
     os.kill(child.pid, signal.SIGTERM)  # no ProcessLookupError: still this child's pid
     assert child.wait(60) == 5
     until(lambda: _state(child.pid) is None, "the server to reap it", timeout=30)
+
+
+def test_a_server_whose_test_process_is_gone_ends_and_leaves_nothing_in_tmp(probe_dir: Path) -> None:
+    """An xdist worker ends without closing anything: its servers see the end of their stdin and must remove their
+    socket and its folder themselves (49 such folders had piled up in /tmp before they did)."""
+    server = Server(env_for(0, 1, 0), REPO)
+    child = WarmChild(server, "probe", ["plain"], env_for(0, 1, 0), probe_dir)
+    assert child.wait(120) == 0 and os.path.exists(server.path)
+    assert server.proc.stdin is not None
+    server.proc.stdin.close()  # what the end of the test process does
+    assert server.proc.wait(60) == 0, server.output()
+    assert not os.path.exists(os.path.dirname(server.path))

@@ -165,10 +165,20 @@ def serve(path: str) -> None:
     the child's stdout and stderr descriptors) forks the child; the answer is {"pid"} at once and {"status"} when
     it has ended. As with subprocess.Popen, an ended child stays a zombie -- its pid still its own, so a test may
     signal it until it has seen the end -- and is reaped when the test closes the connection after reading its
-    status. Ends at the end of stdin (the test process is gone): its children with it."""
+    status. Ends at the end of stdin (the test process is gone): its children with it, its socket and the socket's
+    folder removed (the test process may end without a word, as an xdist worker does)."""
     _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
+    try:
+        _serve(listener)
+    finally:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+
+
+def _serve(listener: socket.socket) -> None:
+    """`serve`'s loop, until the end of stdin."""
     listener.listen(64)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -233,8 +243,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.env = dict(env)
-        self.folder = tempfile.mkdtemp(prefix="pekd-warm-")
-        self.path = os.path.join(self.folder, "socket")
+        self.path = os.path.join(tempfile.mkdtemp(prefix="pekd-warm-"), "socket")
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.warm_start", self.path], cwd=cwd, env=self.env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
@@ -246,15 +255,6 @@ class Server:
     def output(self) -> str:
         return read_all(self.log)
 
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(self.folder)
 
 
 class WarmChild:
