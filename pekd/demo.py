@@ -44,6 +44,7 @@ from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
+from pekd.science.one_driver import one_driver
 from pekd.science.side_by_side import SideBySide, Tally
 from pekd.study import run_dir_of
 
@@ -177,16 +178,21 @@ def print_budget(args: argparse.Namespace, run_dir: str) -> None:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.out.resolve()
+    refuse_an_earlier_demo(out)
+    with one_driver(out, "`python -m pekd.demo`"):
+        demo(args, out)
+
+
+def demo(args: argparse.Namespace, out: Path) -> None:
+    """Teacher, bank, students side by side, diagnostics, the report and each claim's line."""
     from pekd.report.cli import main as report
     from pekd.teacher.precompute import precompute
     from pekd.train import compose_config
 
-    args = parse_args(argv)
-    out = args.out.resolve()
     start = time.perf_counter()
     phases: dict[str, float] = {}
-
-    refuse_an_earlier_demo(out)
     print(f"== teacher resnet20: {args.teacher_subset} images, {args.teacher_epochs} epochs", flush=True)
     teacher = _train(teacher_overrides(args))
     print(f"   top-1 {teacher['last_top1']:.2f}% ({teacher['seconds']:.0f} s)", flush=True)

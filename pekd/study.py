@@ -40,6 +40,7 @@ from typing import Any
 
 from pekd.engine.status import completed
 from pekd.errors import PekdError, user_errors_exit
+from pekd.science.one_driver import one_driver
 from pekd.science.side_by_side import SideBySide, Tally
 from pekd.science.study_plan import (
     METHODS,
@@ -272,16 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         export(args, runs, args.export)
         return
-    start = time.perf_counter()
-    if not phase_teacher(args):
-        print("teacher submitted; rerun this command when its job has finished", flush=True)
-        return
-    phase_banks(args)
-    if not phase_students(args, runs):
-        print("student runs submitted; rerun this command when their jobs have finished", flush=True)
-        return
-    report(args)
-    print(f"study done in {time.perf_counter() - start:.0f} s (this invocation)", flush=True)
+    with one_driver(args.out, "`python -m pekd.study`"):
+        start = time.perf_counter()
+        if not phase_teacher(args):
+            print("teacher submitted; rerun this command when its job has finished", flush=True)
+            return
+        phase_banks(args)
+        if not phase_students(args, runs):
+            print("student runs submitted; rerun this command when their jobs have finished", flush=True)
+            return
+        report(args)
+        print(f"study done in {time.perf_counter() - start:.0f} s (this invocation)", flush=True)
 
 
 if __name__ == "__main__":

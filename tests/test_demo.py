@@ -5,6 +5,7 @@ student run with the phase's progress, their per-step lines only in their own lo
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pekd.cluster.run_files import STEP_LINE
-from tests.train_helpers import REPO, env_for
+from pekd.science.one_driver import one_driver
+from tests.train_helpers import REPO, env_for, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +80,18 @@ def test_a_demo_folder_of_an_earlier_pekd_is_one_line_before_any_write(tmp_path:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.startswith(f"error: {out} holds a demo of an earlier pekd") and f"mv {out} " in done.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_a_second_demo_on_the_same_folder_is_one_line_naming_the_first(tmp_path: Path) -> None:
+    """The same command typed twice: the second is refused at its start, before it writes anything, naming the
+    driver that holds the folder -- not at the first run the other holds, after training the ones it had not
+    reached (pekd.science.one_driver)."""
+    out = tmp_path / "demo"
+    with one_driver(out, "`python -m pekd.demo`"):  # this test process is the first driver
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        done = run_python(["-m", "pekd.demo", "--out", str(out)], timeout=120)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: {str(out)!r} is in use by another `python -m pekd.demo`: host ")
+    assert f"pid {os.getpid()}," in done.stderr and "kill -TERM" in done.stderr

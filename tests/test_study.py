@@ -16,7 +16,7 @@ import pytest
 
 from pekd.science.study_plan import cells, plan, report_options, teacher_overrides
 from pekd.study import main, parse_args, run_dir_of
-from tests.train_helpers import REPO, env_for
+from tests.train_helpers import REPO, env_for, run_python
 
 
 def study_command(out: Path) -> list[str]:
@@ -50,6 +50,11 @@ def test_toy_study_stops_resumes_and_reports(tmp_path: Path) -> None:
                and time.monotonic() < deadline):
             time.sleep(0.2)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        # the same command again meanwhile: one line naming the first driver (pekd.science.one_driver)
+        second = run_python(study_command(out)[1:], timeout=120)
+        assert second.returncode == 2 and len(second.stderr.splitlines()) == 1, second.stderr[-3000:]
+        assert "is in use by another `python -m pekd.study`: host " in second.stderr
+        assert f"pid {first.pid}," in second.stderr and "== " not in second.stdout, second.stdout
         # a shell's `kill PID`: the driver alone; it forwards the stop, the runs checkpoint, and nothing stays behind
         os.kill(first.pid, signal.SIGTERM)
         first.wait(timeout=300)
