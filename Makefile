@@ -9,7 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check pekd launchers tests bench slurm
-	.venv/bin/python -m pytest -q -n 2 --dist loadgroup tests
+	.venv/bin/python -m pytest -q -n 3 --dist loadgroup tests
 
 lint: setup
 	.venv/bin/ruff check pekd launchers tests bench slurm

@@ -20,11 +20,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most tests' children train on one
-    thread, so a second worker fills the second core. Each module's tests stay on one worker, so its module-scoped
-    fixtures (reference runs, banks, data sets, the fault model's fork server) are built once; the tests that use
-    the local SLURM cluster stay together on one worker, which starts the session's one cluster. They come first:
-    the longest group (a third of the suite, mostly waiting on the scheduler) started last would end last, alone."""
+    """`make test` runs three pytest-xdist workers (`-n 3 --dist loadgroup`) on two cores: most tests' children
+    train on one thread, and with warm starts (tests/warm_start.py) a worker waiting on a SLURM job or a child's
+    signal leaves a core idle that a third fills (docs/development.md). Each module's tests stay on one worker, so
+    its module-scoped fixtures (reference runs, banks, data sets, the fault model's fork server) are built once;
+    the tests that use the local SLURM cluster stay together on one worker, which starts the session's one
+    cluster. They come first: the longest group (16 minutes, mostly waiting on the scheduler) started last would
+    end last, alone."""
     def uses_slurm(item: pytest.Item) -> bool:
         return "slurm_cluster" in getattr(item, "fixturenames", ())
 
