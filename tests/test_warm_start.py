@@ -100,9 +100,10 @@ def test_a_warm_start_finds_torch_imported_and_a_cold_one_does_not(probe_dir: Pa
 
 
 def _state(pid: int) -> str | None:
+    """The process's state letter, None once it is gone (reaped between the open and the read: ESRCH)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
