@@ -52,7 +52,7 @@ from typing import Any
 
 from tests.train_helpers import REPO, TINY, env_for
 from tests.train_helpers import train as train_process
-from tests.warm_start import PRELOAD, become_fresh, die_by_sigint, read_all, run_as_main, run_module
+from tests.warm_start import PRELOAD, become_fresh, die_by_sigint, ignored_signals, read_all, run_as_main, run_module
 
 # ------------------------------------------------------------------ the recipe
 STEPS_PER_EPOCH = 5  # data.subset=160 at batch 32
@@ -155,7 +155,8 @@ def _train_main(values: dict[str, Any]) -> None:
 
 def _child(req: dict[str, Any], reply_fd: int) -> None:
     os.close(reply_fd)
-    become_fresh(*(os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for name in ("out", "err")))
+    become_fresh(*(os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for name in ("out", "err")),
+                 req["ignored"])
     if req.get("recipe") is not None:
         # A Ctrl-C from outside is held until pekd's entry point runs: in a real process the time before it is the
         # interpreter's start and pekd.train's own import, where CPython's KeyboardInterrupt traceback is what any
@@ -284,7 +285,8 @@ class ForkServer:
             path.write_bytes(b"")
         assert self.proc.stdin is not None
         self.proc.stdin.write((json.dumps({"module": module, "argv": argv, "recipe": values, "hook": hook,
-                                           "out": str(self.out), "err": str(self.err)}) + "\n").encode())
+                                           "out": str(self.out), "err": str(self.err),
+                                           "ignored": ignored_signals()}) + "\n").encode())
         self.proc.stdin.flush()
         self.t0 = time.monotonic()
         answer = self._read(60, "a child's pid")

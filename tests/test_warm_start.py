@@ -19,7 +19,8 @@ import atexit, json, os, signal, sys, threading, time
 what = sys.argv[1]
 print(json.dumps({"name": __name__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
                   "probe": os.environ.get("PROBE"), "int": str(signal.getsignal(signal.SIGINT)),
-                  "term": str(signal.getsignal(signal.SIGTERM)), "session": os.getsid(0) == os.getpid(),
+                  "term": str(signal.getsignal(signal.SIGTERM)), "hup": str(signal.getsignal(signal.SIGHUP)),
+                  "session": os.getsid(0) == os.getpid(),
                   "stdin": sys.stdin.read()}), flush=True)
 atexit.register(lambda: print("atexit", flush=True))
 if what == "thread":
@@ -76,6 +77,23 @@ def test_a_signal_from_outside_ends_a_warm_start_as_a_cold_one(probe_dir: Path) 
         c.send_signal(signal.SIGTERM)
     assert [c.wait(60) for c in children] == [-signal.SIGTERM] * 2
     assert children[0].poll() == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("ignored", [signal.SIGINT, signal.SIGHUP])
+def test_a_signal_the_test_process_ignores_stays_ignored_as_in_a_cold_start(
+        probe_dir: Path, ignored: signal.Signals) -> None:
+    """exec keeps an ignored signal ignored (and CPython then installs no KeyboardInterrupt for SIGINT): a suite
+    started in the background (`make test &`) or under nohup ran its warm children with Ctrl-C live, and this
+    module's comparison failed there."""
+    before = signal.signal(ignored, signal.SIG_IGN)
+    try:
+        children = _both(probe_dir, "plain")
+    finally:
+        signal.signal(ignored, before)
+    assert [c.wait(120) for c in children] == [0, 0]
+    warm_out, cold_out = (c.output()[0] for c in children)
+    assert warm_out == cold_out
+    assert json.loads(warm_out.splitlines()[0])["int" if ignored == signal.SIGINT else "hup"] == str(signal.SIG_IGN)
 
 
 def test_an_environment_read_at_import_gets_a_server_of_its_own(probe_dir: Path) -> None:

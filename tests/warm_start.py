@@ -103,10 +103,22 @@ def run_as_main(main: Callable[[], object]) -> None:
     os._exit(status)
 
 
-def become_fresh(stdout: int, stderr: int) -> None:
+# The signals whose dispositions a child sets afresh (become_fresh); SIGPIPE and SIGXFSZ every Python ignores.
+FRESH_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP,
+                 signal.SIGQUIT)
+
+
+def ignored_signals() -> list[int]:
+    """The requester's ignored signals, which a cold child inherits: exec resets a caught signal to its default
+    action but leaves an ignored one ignored, and CPython then leaves SIGINT alone (no KeyboardInterrupt) -- as in
+    a suite started in the background (`make test &`: the shell ignores SIGINT for it) or under nohup (SIGHUP)."""
+    return [int(s) for s in FRESH_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
+
+
+def become_fresh(stdout: int, stderr: int, ignored: list[int]) -> None:
     """What a forked child needs to look like a fresh `python -m` process: its own session (killed whole, like
     train_helpers.Child), dead with the server (PR_SET_PDEATHSIG), stdin /dev/null, the given stdout and stderr,
-    a fresh interpreter's signal dispositions and no wakeup fd."""
+    a fresh interpreter's signal dispositions given the requester's `ignored` signals, and no wakeup fd."""
     os.setsid()
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -115,9 +127,9 @@ def become_fresh(stdout: int, stderr: int) -> None:
     for fd in {devnull, stdout, stderr} - {0, 1, 2}:
         os.close(fd)
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(s, signal.SIG_DFL)
+    for s in FRESH_SIGNALS:
+        fresh = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+        signal.signal(s, signal.SIG_IGN if s in ignored else fresh)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
@@ -146,7 +158,7 @@ def _preload() -> None:
 def _child(req: dict[str, Any], fds: list[int], closing: list[int]) -> None:
     for fd in closing:
         os.close(fd)
-    become_fresh(*fds)
+    become_fresh(*fds, req["ignored"])
     os.environ.clear()
     os.environ.update(req["env"])
     run_as_main(run_module(req["module"], req["argv"], req["cwd"]))
@@ -266,7 +278,8 @@ class WarmChild:
         self.out_file, self.err_file = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.conn.connect(server.path)
-        request = {"module": module, "argv": list(argv), "env": dict(env), "cwd": str(cwd)}
+        request = {"module": module, "argv": list(argv), "env": dict(env), "cwd": str(cwd),
+                   "ignored": ignored_signals()}
         socket.send_fds(self.conn, [json.dumps(request).encode()], [self.out_file.fileno(), self.err_file.fileno()])
         self.pid = int(self._answer(60, "its pid")["pid"])
         self.returncode: int | None = None
