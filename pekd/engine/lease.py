@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,14 @@ def live_holder(run_dir: Path) -> Holder | None:
     return holder if holder is not None and holder.why_stale() is None else None
 
 
+def in_use(run_dir: Path, holder: Holder) -> PekdError:
+    """The refusal of a start that found run_dir's lease held by a live run."""
+    return PekdError(f"run directory {str(run_dir)!r} is in use by {holder.describe()} (heartbeat "
+                     f"{time.time() - holder.heartbeat:.0f} s ago); wait for it to end, stop it, or set "
+                     f"trainer.lease_wait_s to wait for it (a lease with no heartbeat for its "
+                     f"trainer.lease_stale_s={holder.stale_s:g} s is taken over)")
+
+
 def _write_whole(path: Path, holder: Holder) -> Path:
     """Write the record under a private name next to `path` (fsynced): never seen half-written under a real name."""
     tmp = path.with_name(f".{path.name}.tmp-{holder.host}-{holder.pid}-{holder.token[:8]}")
@@ -232,9 +241,12 @@ class Lease:
         return lease_path(self.run_dir, self.holder.generation)
 
     @classmethod
-    def acquire(cls, run_dir: Path, stale_s: float, wait_s: float = 0.0, first_generation: int = 1) -> Lease:
+    def acquire(cls, run_dir: Path, stale_s: float, wait_s: float = 0.0, first_generation: int = 1,
+                busy: Callable[[Path, Holder], PekdError] | None = None) -> Lease:
         """Take the lease of run_dir, or raise one PekdError naming its live holder (after waiting up to wait_s
-        seconds for it to end or go stale)."""
+        seconds for it to end or go stale). `busy` words that refusal for what run_dir is to its user (a bank
+        folder, a demo's folder: pekd.teacher.build_lease, pekd.science.one_driver); default in_use's, a run's."""
+        busy = busy or in_use
         folder = run_dir / FOLDER
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -260,10 +272,7 @@ class Lease:
                         waited = True
                     time.sleep(min(1.0, max(stale_s / 10, 0.05)))
                     continue
-                raise PekdError(f"run directory {str(run_dir)!r} is in use by {current.describe()} (heartbeat "
-                                f"{time.time() - current.heartbeat:.0f} s ago); wait for it to end, stop it, or set "
-                                f"trainer.lease_wait_s to wait for it (a lease with no heartbeat for its "
-                                f"trainer.lease_stale_s={current.stale_s:g} s is taken over)")
+                raise busy(run_dir, current)
             gen = max(first_generation, current.generation + 1 if current else 1)
             holder = Holder.me(gen, stale_s)
             try:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pekd.engine.lease import Lease, live_holder
+from pekd.engine.lease import Holder, Lease
 from pekd.errors import PekdError
 
 STALE_S = 60.0  # as trainer.lease_stale_s: the heartbeat runs every 10 s
@@ -26,16 +26,13 @@ STALE_S = 60.0  # as trainer.lease_stale_s: the heartbeat runs every 10 s
 @contextmanager
 def one_driver(folder: Path, command: str) -> Iterator[None]:
     """Hold folder's lease while the block runs; `command` names the driver for the refusal's line."""
-    try:
-        lease = Lease.acquire(folder, STALE_S)
-    except PekdError:
-        holder = live_holder(folder)  # lost to a live driver: say so in a driver's words
-        if holder is None:
-            raise
-        raise PekdError(f"{str(folder)!r} is in use by another {command}: {holder.describe()} (heartbeat "
-                        f"{time.time() - holder.heartbeat:.0f} s ago); wait for it to end and rerun this command "
-                        "(finished runs are skipped), stop that one (kill -TERM: its runs checkpoint) and rerun "
-                        "this, or give this one another --out") from None
+    def busy(folder: Path, holder: Holder) -> PekdError:
+        return PekdError(f"{str(folder)!r} is in use by another {command}: {holder.describe()} (heartbeat "
+                         f"{time.time() - holder.heartbeat:.0f} s ago); wait for it to end and rerun this command "
+                         "(finished runs are skipped), stop that one (kill -TERM: its runs checkpoint) and rerun "
+                         "this, or give this one another --out")
+
+    lease = Lease.acquire(folder, STALE_S, busy=busy)
     lease.start_heartbeat()
     try:
         yield

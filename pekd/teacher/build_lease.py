@@ -42,13 +42,7 @@ def refuse_if_busy(folder: Path, wait_s: float) -> None:
 
 def take(folder: Path, stale_s: float, wait_s: float) -> Lease:
     """Rank 0: take the bank folder's lease (waiting up to wait_s for a live builder) and start its heartbeat."""
-    try:
-        lease = Lease.acquire(folder, stale_s, wait_s)
-    except PekdError:
-        holder = live_holder(folder)  # lost the race to another starter: say so in a bank's words
-        if holder is not None:
-            raise busy(folder, holder) from None
-        raise
+    lease = Lease.acquire(folder, stale_s, wait_s, busy=busy)
     lease.start_heartbeat()
     return lease
 
