@@ -183,6 +183,8 @@ DAMAGED = {
     "config_yaml_a_list": ("config.yaml", b"- a\n- b\n", "on_existing=overwrite"),
     "lease_garbage": ("lease/000000001.json", b'{"generation": 1, "ho', "delete that file"),
     "every_checkpoint_truncated": ("checkpoints/*", b"PEKDCKPT1\n", "on_existing=overwrite"),
+    "tb_a_file": ("tb", b"events\n", "move that file aside"),
+    "logs_a_file": ("logs", b"rank0\n", "move that file aside"),
 }
 
 
@@ -196,6 +198,8 @@ def test_a_damaged_file_of_the_run_directory_is_one_error_naming_it(name: str, f
     targets = sorted(run_dir.glob(relative))
     assert targets, relative
     for target in targets:
+        if target.is_dir():  # a file in a folder's place
+            shutil.rmtree(target)
         target.write_bytes(damage)
     before = snapshot(run_dir)
     proc = run_python(["-m", "pekd.train", *RUN, f"run_dir={run_dir}"])
@@ -221,3 +225,19 @@ def test_readers_of_a_run_directory_name_its_damaged_config(reader: str, finishe
     proc = run_python(["-m", reader, str(run_dir)])
     assert_one_error_line(proc.returncode, proc.stderr, str(run_dir / "config.yaml"))
     assert snapshot(run_dir) == before
+
+
+def test_a_folder_where_the_run_writes_a_file_is_one_error_naming_it(finished: Path, tmp_path: Path) -> None:
+    """A folder in the place of a file the run rewrites (results.json, rewritten by the rerun of a finished run):
+    one line naming it and the way out (before: "check the filesystem holding that folder", which is not the
+    problem), and the run's checkpoints and weights as they were."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / "results.json").unlink()
+    (run_dir / "results.json").mkdir()
+    kept = ("checkpoints", "best.pt", "student.pt")
+    before = {k: v for k, v in snapshot(run_dir).items() if k.startswith(kept)}
+    proc = run_python(["-m", "pekd.train", *RUN, f"run_dir={run_dir}"])
+    assert_one_error_line(proc.returncode, proc.stderr, str(run_dir / "results.json"))
+    assert "move the folder aside" in proc.stderr.splitlines()[-1]
+    assert {k: v for k, v in snapshot(run_dir).items() if k.startswith(kept)} == before

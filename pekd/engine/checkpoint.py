@@ -130,9 +130,7 @@ def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
             log.warning("using %s, the newest checkpoint that verifies, instead of %s", p,
                         ", ".join(str(s) for s in skipped))
         return p, state
-    if skipped:
-        log.warning("none of the %d checkpoints in %s verifies", len(skipped), folder)
-    return None
+    return None  # each caller says what none verifying means for it (an error, a note), once
 
 
 def newest_to_resume(folder: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -35,6 +35,7 @@ _WRITE_FIXES = {
     errno.EPERM: "make the folder writable, or choose another run_dir (or bank folder, or --out)",
     errno.EIO: "the storage reported an I/O error: check the disk or network filesystem, then run the same command "
                "again",
+    errno.EISDIR: "a folder is where pekd writes that file: move the folder aside, then run the same command again",
 }
 
 

@@ -35,6 +35,8 @@ from pekd.engine.lease import FOLDER as LEASE_FOLDER
 from pekd.engine.lease import Lease, live_holder
 from pekd.errors import PekdError
 
+SUBFOLDERS = ("checkpoints", "tb", "logs")  # made by prepare; resumed runs need them to be folders
+
 # Keys that may differ between a run and its resumption: they change how, not what, is trained.
 RESUMABLE_CHANGES = {"on_existing", "trainer.progress", "data.workers", "data.max_micro_batch",
                      "trainer.log_every_steps", "trainer.max_steps", "trainer.ckpt_every_steps", "trainer.keep_last",
@@ -118,6 +120,7 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
         being_made = existing and not cfg_file.is_file() and live_holder(run_dir) is not None
         if existing and cfg.on_existing == "resume" and not being_made:
             _check_same_config(run_dir, new)
+            _check_subfolders(run_dir)
         lease = Lease.acquire(run_dir, cfg.trainer.lease_stale_s, cfg.trainer.lease_wait_s)
         lease.start_heartbeat()
         try:
@@ -131,7 +134,7 @@ def prepare(run_dir: Path, cfg: DictConfig) -> tuple[bool, Lease]:
                 lease = Lease.acquire(run_dir, cfg.trainer.lease_stale_s, 0, lease.generation + 1)
                 lease.start_heartbeat()
                 existing = False
-            for sub in ("checkpoints", "tb", "logs"):
+            for sub in SUBFOLDERS:
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
             for debris in (run_dir / "checkpoints").glob(".*.tmp-*"):  # a killed writer's; this process owns the run
                 debris.unlink(missing_ok=True)
@@ -175,6 +178,16 @@ def _check_same_config(run_dir: Path, new: dict[str, Any]) -> None:
         raise PekdError(f"run directory {str(run_dir)!r} holds a run of a different config ({shown}"
                         f"{' ...' if len(diff) > 3 else ''}); use another run_dir, or "
                         "on_existing=overwrite to move the old run aside")
+
+
+def _check_subfolders(run_dir: Path) -> None:
+    """A run resumed in place needs its folders to be folders: a file in one's place (a copy gone wrong, a stray
+    redirect) is named, rather than reported as a run_dir that cannot be written."""
+    for sub in SUBFOLDERS:
+        path = run_dir / sub
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise PekdError(f"{str(path)!r} is a file where the run keeps its {sub} folder; move that file aside and "
+                            "rerun, or run with on_existing=overwrite to move the old run aside and start afresh")
 
 
 def _check_usable(run_dir: Path) -> None:
