@@ -181,3 +181,17 @@ def test_a_local_sweep_leaves_no_literal_job_id_folder(tmp_path: Path, capsys: p
     assert [job.exception() for job in jobs] == [None, None]
     assert not [p for p in tmp_path.rglob("*") if "%" in p.name]
     assert len(list((tmp_path / "submitit").glob(f"{jobs[0].job_id}_0_log.*"))) == 2
+
+
+def test_a_node_whose_sinfo_fails_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """SLURM's clients installed but no cluster configured (no slurm.conf, no DNS SRV record): sinfo fails with
+    four lines of its own, which the error quoted as they were -- an `error:` line broken over four."""
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        submit.main(["--folder", str(tmp_path / "runs"), "--gpus", "0", *TINY, "method=ce", "teacher=none"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: sinfo failed (sinfo: ") and "--local" in err, err
+    assert not (tmp_path / "runs").exists()

@@ -87,7 +87,8 @@ def check_partition(partition: str | None, minutes: int) -> None:
         raise PekdError("sinfo not found: this is not a SLURM login node (--local runs on this machine)")
     out = subprocess.run(["sinfo", "-h", "-o", "%P %l"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
-        raise PekdError(f"sinfo failed ({out.stderr.strip()}); is this a SLURM login node? (--local runs here)")
+        raise PekdError(f"sinfo failed ({' '.join(out.stderr.split()) or 'no message'}); is this a SLURM login node? "
+                        "(--local runs here)")
     limits: dict[str, str] = {}
     default = None
     for name, limit in (line.split() for line in out.stdout.splitlines() if line.strip()):

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"one-sided t-tests place its difference within ±POINTS (default {stats.MARGIN})")
     args = ap.parse_args(argv)
     if not args.root.is_dir():
-        raise PekdError(f"{str(args.root)!r} is not a directory")
+        raise PekdError(f"{str(args.root)!r} is not a folder; give the folder that holds the runs to report (a run "
+                        "directory, a sweep's folder or a study's folder)")
     options_file = args.root / OPTIONS_FILE
     from_file = not (args.compare or args.along or args.test or args.margin is not None) and options_file.is_file()
     if from_file:  # the options the sweep fixed for its own report (pekd.study writes them before any result)
