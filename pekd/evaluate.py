@@ -23,7 +23,7 @@ from pekd.errors import PekdError, user_errors_exit
 
 def target_config(target: Path, overrides: list[str]) -> tuple[Path, DictConfig]:
     """The student file to evaluate and the config whose evaluation set and settings apply."""
-    from pekd.config import Config
+    from pekd.config import Config, validate
     from pekd.train import compose_config
 
     student = target / "student.pt" if target.is_dir() else target
@@ -38,6 +38,7 @@ def target_config(target: Path, overrides: list[str]) -> tuple[Path, DictConfig]
         raise PekdError(f"bad override for {str(run_cfg)!r} ({' '.join(str(e).split())}); a run directory takes "
                         "key=value overrides of its config.yaml, e.g. data.root=...") from None
     assert isinstance(cfg, DictConfig)
+    validate(cfg)  # an override's value, as pekd.train checks it (data.val_subset=-5 evaluated all 10,000 images)
     return student, cfg
 
 
@@ -51,9 +52,9 @@ def evaluate_student(target: Path, overrides: list[str]) -> dict[str, Any]:
 
     student_file, cfg = target_config(target, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_student(str(student_file))  # first: a file that is no student is the problem to name, not the data
     d = cfg.data
     source = build_source(d.source, d.root, "val").subset(d.val_subset, d.split_seed)
-    model = load_student(str(student_file))
     if model.num_classes != source.num_classes or len(model.mean) != source.in_chans:
         raise PekdError(f"{str(student_file)!r} is a {model.num_classes}-class, {len(model.mean)}-channel model; "
                         f"data.source={d.source} has {source.num_classes} classes and {source.in_chans} channels")

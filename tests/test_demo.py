@@ -95,3 +95,15 @@ def test_a_second_demo_on_the_same_folder_is_one_line_naming_the_first(tmp_path:
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"error: {str(out)!r} is in use by another `python -m pekd.demo`: host ")
     assert f"pid {os.getpid()}," in done.stderr and "kill -TERM" in done.stderr
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """--out naming a file: one line saying so (it had been "cannot create the lease folder ...; choose a run_dir"),
+    the file untouched."""
+    out = tmp_path / "demo"
+    out.write_bytes(b"notes\n")
+    done = run_python(["-m", "pekd.demo", "--out", str(out)], timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"error: --out {str(out)!r} is a file; give `python -m pekd.demo` a folder (a new one, or the --out of its "
+        "earlier run to resume it)"], done.stderr
+    assert out.read_bytes() == b"notes\n"

@@ -5,6 +5,7 @@ the run's own accuracy from it, and it serves as another run's teacher.weights."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def test_load_student_refuses_a_file_that_does_not_describe_itself(tmp_path):
     torch.save(build_model("resnet8", 10, 1).state_dict(), path)
     with pytest.raises(PekdError, match="not a pekd export"):
         load_student(str(path))
+
+
+def test_pekd_evaluate_names_a_bad_override_or_a_file_that_is_no_student_first(run, tmp_path):
+    """An override's value is checked as pekd.train checks it (data.val_subset=-5 had evaluated all the images),
+    and a file that is no student is named before any data is looked for (it had been "CIFAR-100 not found")."""
+    with pytest.raises(PekdError, match=r"data.val_subset=-5 must be 0"):
+        evaluate_student(run, ["data.val_subset=-5"])
+    garbage = tmp_path / "student.pt"
+    garbage.write_bytes(b"not a model\n")
+    with pytest.raises(PekdError, match=re.escape(str(garbage))):
+        evaluate_student(garbage, [])

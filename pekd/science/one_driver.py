@@ -32,6 +32,9 @@ def one_driver(folder: Path, command: str) -> Iterator[None]:
                          "(finished runs are skipped), stop that one (kill -TERM: its runs checkpoint) and rerun "
                          "this, or give this one another --out")
 
+    if folder.exists() and not folder.is_dir():
+        raise PekdError(f"--out {str(folder)!r} is a file; give {command} a folder (a new one, or the --out of its "
+                        "earlier run to resume it)")
     lease = Lease.acquire(folder, STALE_S, busy=busy)
     lease.start_heartbeat()
     try:
