@@ -185,9 +185,11 @@ def test_a_local_sweep_leaves_no_literal_job_id_folder(tmp_path: Path, capsys: p
 
 def test_a_node_whose_sinfo_fails_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """SLURM's clients installed but no cluster configured (no slurm.conf, no DNS SRV record): sinfo fails with
-    four lines of its own, which the error quoted as they were -- an `error:` line broken over four."""
-    monkeypatch.delenv("SLURM_CONF", raising=False)
+    """SLURM's clients installed but no cluster configured: sinfo fails with several lines of its own (three for
+    an empty slurm.conf, four without one and no DNS SRV record), which the error quoted as they were -- an
+    `error:` line broken over several. An empty slurm.conf of the test's own: never a real cluster's."""
+    (tmp_path / "slurm.conf").write_text("")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         submit.main(["--folder", str(tmp_path / "runs"), "--gpus", "0", *TINY, "method=ce", "teacher=none"])
